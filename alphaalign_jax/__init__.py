@@ -1,0 +1,3 @@
+"""AlphaAlign in JAX: safety alignment by RL with verifiable rewards."""
+
+__version__ = "0.1.0"

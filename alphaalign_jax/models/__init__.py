@@ -1,0 +1,26 @@
+"""Flax NNX model family (Llama 3.x, Qwen2/2.5, SmolLM2) and HF checkpoint I/O."""
+
+from alphaalign_jax.models.config import ConfigError, ModelConfig, RopeConfig
+from alphaalign_jax.models.hf_io import (
+    CheckpointError,
+    from_pretrained,
+    hf_state_dict,
+    param_shardings,
+    save_pretrained,
+)
+from alphaalign_jax.models.transformer import KVCache, Transformer, default_positions, init_cache
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "KVCache",
+    "ModelConfig",
+    "RopeConfig",
+    "Transformer",
+    "default_positions",
+    "from_pretrained",
+    "hf_state_dict",
+    "init_cache",
+    "param_shardings",
+    "save_pretrained",
+]

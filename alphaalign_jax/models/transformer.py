@@ -1,0 +1,273 @@
+"""Decoder-only transformer in Flax NNX: Llama 3.x, Qwen2/2.5 and SmolLM2.
+
+One module serves the three families; they differ only in config (QKV bias,
+tied embeddings, RoPE scaling). The math follows Hugging Face transformers
+exactly (RMSNorm in float32, rotate-half RoPE, grouped-query attention,
+SwiGLU), which the parity tests check logit by logit.
+
+Two calling modes share one code path:
+
+- training / scoring: ``model(input_ids, attention_mask)`` runs causal
+  attention over the given tokens and returns logits;
+- sampling: ``model(input_ids, attention_mask=kv_mask, positions=..., cache=cache,
+  cache_index=i)`` writes the new keys/values into a static, preallocated
+  :class:`KVCache` at slot ``i`` and attends over the whole cache, so a jitted
+  prefill and a one-token decode step have fixed shapes.
+
+Padding is always read from the attention mask, never from token ids (SmolLM2's
+pad token ``<|im_end|>`` also ends every chat turn).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from alphaalign_jax.models.config import ModelConfig, RopeConfig
+
+Array = jax.Array
+
+
+class KVCache(NamedTuple):
+    """Per-layer key/value buffers, each ``[batch, max_len, num_kv_heads, head_dim]``."""
+
+    keys: tuple[Array, ...]
+    values: tuple[Array, ...]
+
+    @property
+    def max_len(self) -> int:
+        return self.keys[0].shape[1]
+
+
+def init_cache(config: ModelConfig, batch_size: int, max_len: int,
+               dtype: jnp.dtype = jnp.float32) -> KVCache:
+    shape = (batch_size, max_len, config.num_kv_heads, config.head_dim)
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+    return KVCache(zeros, tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)))
+
+
+def rope_inv_freq(rope: RopeConfig, head_dim: int) -> np.ndarray:
+    """Inverse frequencies in float32, as transformers computes them."""
+    exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+    inv_freq = (1.0 / (np.float32(rope.theta) ** exponents)).astype(np.float32)
+    if rope.rope_type == "linear":
+        return (inv_freq / np.float32(rope.factor)).astype(np.float32)
+    if rope.rope_type == "llama3":
+        old_len = rope.original_max_position_embeddings
+        low_wavelen = old_len / rope.low_freq_factor
+        high_wavelen = old_len / rope.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq)
+        smooth = (old_len / wavelen - rope.low_freq_factor) / (
+            rope.high_freq_factor - rope.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv_freq
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """Rotate-half RoPE. ``x``: [B, T, H, D]; ``positions``: [B, T] ints."""
+    freqs = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, D/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    cos = jnp.cos(emb).astype(x.dtype)[:, :, None, :]
+    sin = jnp.sin(emb).astype(x.dtype)[:, :, None, :]
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], logical: tuple[str, ...],
+           dtype: jnp.dtype, std: float = 0.02) -> nnx.Param:
+    value = jax.random.normal(rngs.params(), shape, jnp.float32) * std
+    return nnx.Param(value.astype(dtype), logical_axes=logical)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, param_dtype: jnp.dtype):
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=("norm",))
+        self.eps = eps
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
+
+
+class Linear(nnx.Module):
+    """``y = x @ kernel (+ bias)`` with a logically annotated ``[in, out]`` kernel."""
+
+    def __init__(self, d_in: int, d_out: int, logical: tuple[str, str], *, bias: bool,
+                 param_dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.kernel = _param(rngs, (d_in, d_out), logical, param_dtype)
+        self.bias = (nnx.Param(jnp.zeros((d_out,), param_dtype), logical_axes=(logical[1],))
+                     if bias else None)
+
+    def __call__(self, x: Array) -> Array:
+        y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(x.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(x.dtype)
+        return y
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
+        d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = h, kv, hd
+        self.q_proj = Linear(d, h * hd, ("embed", "heads"), bias=cfg.qkv_bias,
+                             param_dtype=param_dtype, rngs=rngs)
+        self.k_proj = Linear(d, kv * hd, ("embed", "kv_heads"), bias=cfg.qkv_bias,
+                             param_dtype=param_dtype, rngs=rngs)
+        self.v_proj = Linear(d, kv * hd, ("embed", "kv_heads"), bias=cfg.qkv_bias,
+                             param_dtype=param_dtype, rngs=rngs)
+        self.o_proj = Linear(h * hd, d, ("heads", "embed"), bias=cfg.o_bias,
+                             param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: Array, positions: Array, inv_freq: Array, mask: Array,
+                 cache: tuple[Array, Array] | None, cache_index: Array | None
+                 ) -> tuple[Array, tuple[Array, Array] | None]:
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+        if cache is not None:
+            k_cache, v_cache = cache
+            start = (0, cache_index, 0, 0)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
+            cache = (k_cache, v_cache)
+            k, v = k_cache.astype(x.dtype), v_cache.astype(x.dtype)
+        out = grouped_query_attention(q, k, v, mask)
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), cache
+
+
+def grouped_query_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """Softmax attention with KV-head sharing. q [B,T,H,D], k/v [B,S,Hkv,D], mask [B,T,S]."""
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, h // kv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * (d ** -0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, d)
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = Linear(d, f, ("embed", "mlp"), bias=False, param_dtype=param_dtype,
+                                rngs=rngs)
+        self.up_proj = Linear(d, f, ("embed", "mlp"), bias=False, param_dtype=param_dtype,
+                              rngs=rngs)
+        self.down_proj = Linear(f, d, ("mlp", "embed"), bias=False, param_dtype=param_dtype,
+                                rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.self_attn = Attention(cfg, param_dtype=param_dtype, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps,
+                                                param_dtype=param_dtype)
+        self.mlp = MLP(cfg, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x, positions, inv_freq, mask, cache, cache_index):
+        attn, cache = self.self_attn(self.input_layernorm(x), positions, inv_freq, mask, cache,
+                                     cache_index)
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), cache
+
+
+class Transformer(nnx.Module):
+    """Causal LM (or, with ``config.num_labels > 0``, a sequence-classification reward model)."""
+
+    def __init__(self, config: ModelConfig, *, dtype: jnp.dtype = jnp.float32,
+                 param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs | None = None):
+        rngs = rngs or nnx.Rngs(0)
+        self.config = config
+        self.dtype = dtype
+        self.embed_tokens = nnx.Param(
+            (jax.random.normal(rngs.params(), (config.vocab_size, config.hidden_size)) * 0.02
+             ).astype(param_dtype), logical_axes=("vocab", "embed"))
+        self.layers = nnx.List([Block(config, param_dtype=param_dtype, rngs=rngs)
+                                for _ in range(config.num_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
+        self.lm_head = None
+        self.score = None
+        if config.is_classifier:
+            self.score = _param(rngs, (config.hidden_size, config.num_labels), ("embed", "classes"),
+                                param_dtype)
+        elif not config.tie_word_embeddings:
+            self.lm_head = _param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"),
+                                  param_dtype)
+        self.inv_freq = nnx.Variable(jnp.asarray(rope_inv_freq(config.rope, config.head_dim)))
+
+    def unembedding(self) -> Array:
+        """The ``[hidden, vocab]`` output matrix (the embedding, transposed, when tied)."""
+        if self.lm_head is not None:
+            return self.lm_head[...]
+        return self.embed_tokens[...].T
+
+    def hidden_states(self, input_ids: Array, attention_mask: Array | None = None, *,
+                      positions: Array | None = None, cache: KVCache | None = None,
+                      cache_index: Array | int | None = None
+                      ) -> tuple[Array, KVCache | None]:
+        """Final-norm hidden states ``[B, T, D]`` (and the updated cache)."""
+        b, t = input_ids.shape
+        if cache is None:
+            if attention_mask is None:
+                attention_mask = jnp.ones((b, t), jnp.bool_)
+            attention_mask = attention_mask.astype(jnp.bool_)
+            if positions is None:
+                positions = default_positions(attention_mask)
+            causal = jnp.tril(jnp.ones((t, t), jnp.bool_))
+            mask = causal[None] & attention_mask[:, None, :]
+        else:
+            if attention_mask is None or positions is None or cache_index is None:
+                raise ValueError("cached calls need attention_mask (over cache slots), positions "
+                                 "and cache_index")
+            slots = jnp.arange(cache.max_len)
+            query_slots = cache_index + jnp.arange(t)
+            causal = slots[None, :] <= query_slots[:, None]
+            mask = causal[None] & attention_mask.astype(jnp.bool_)[:, None, :]
+        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
+        inv_freq = self.inv_freq[...]
+        new_keys, new_values = [], []
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
+            x, layer_cache = layer(x, positions, inv_freq, mask, layer_cache, cache_index)
+            if layer_cache is not None:
+                new_keys.append(layer_cache[0])
+                new_values.append(layer_cache[1])
+        x = self.norm(x)
+        return x, (KVCache(tuple(new_keys), tuple(new_values)) if cache is not None else None)
+
+    def __call__(self, input_ids: Array, attention_mask: Array | None = None, *,
+                 positions: Array | None = None, cache: KVCache | None = None,
+                 cache_index: Array | int | None = None):
+        """Logits ``[B, T, vocab]`` (``[B, T, num_labels]`` for a classifier).
+
+        With a cache, returns ``(logits, new_cache)``.
+        """
+        x, new_cache = self.hidden_states(input_ids, attention_mask, positions=positions,
+                                          cache=cache, cache_index=cache_index)
+        head = self.score[...] if self.score is not None else self.unembedding()
+        logits = jnp.einsum("btd,dv->btv", x, head.astype(x.dtype))
+        return logits if cache is None else (logits, new_cache)
+
+
+def default_positions(attention_mask: Array) -> Array:
+    """Positions counted over real tokens only (left padding gets position 0)."""
+    mask = attention_mask.astype(jnp.int32)
+    return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)

@@ -1,0 +1,107 @@
+"""Device mesh and the logical-axis sharding rules, kept in one place.
+
+Parameters and activations are annotated with *logical* axis names
+("embed", "mlp", "heads", ...). ``LOGICAL_RULES`` maps each to physical mesh
+axes. The mesh has three axes:
+
+- ``data``: pure data parallelism (batch only);
+- ``fsdp``: batch *and* parameter sharding (ZeRO-3 style);
+- ``tensor``: Megatron-style tensor parallelism over heads / MLP / vocab.
+
+A dimension that a mesh axis does not divide is replicated on that axis instead
+(SmolLM2 has 9 heads: a 2-way tensor axis cannot split them evenly). Sharding
+only changes layout, never the math, so the same code runs on 1 CPU, 8
+simulated CPUs, a GPU host or a TPU pod slice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis name -> mesh axes (None: replicated)
+LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {
+    "batch": ("data", "fsdp"),
+    "seq": None,
+    "cache_seq": None,
+    "vocab": ("tensor",),
+    "embed": ("fsdp",),
+    "mlp": ("tensor",),
+    "heads": ("tensor",),
+    "kv_heads": ("tensor",),
+    "head_dim": None,
+    "norm": None,
+    "classes": None,
+}
+
+
+def make_mesh(shape: dict[str, int] | Sequence[int] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Build a ``(data, fsdp, tensor)`` mesh.
+
+    ``shape`` maps axis names to sizes; one size may be -1 (fill with the
+    remaining devices). ``None`` puts every device on ``fsdp``.
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    if shape is None:
+        shape = {"fsdp": -1}
+    if not isinstance(shape, dict):
+        shape = dict(zip(MESH_AXES, shape))
+    unknown = set(shape) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"mesh: unknown axes {sorted(unknown)}; valid axes are {MESH_AXES}")
+    sizes = [int(shape.get(axis, 1)) for axis in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"mesh: {len(devices)} devices are not divisible by {known}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(f"mesh: shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
+                         f"devices, but {len(devices)} are available")
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int] | None = None,
+                    mesh: Mesh | None = None) -> PartitionSpec:
+    """Map logical axis names to a PartitionSpec, replicating undivisible dims."""
+    spec = []
+    used: set[str] = set()
+    for i, name in enumerate(logical):
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in LOGICAL_RULES:
+            raise KeyError(f"no sharding rule for logical axis '{name}'")
+        axes = tuple(a for a in (LOGICAL_RULES[name] or ()) if a not in used)
+        if mesh is not None:
+            axes = tuple(a for a in axes if mesh.shape[a] > 1)
+            if shape is not None and axes:
+                if shape[i] % math.prod(mesh.shape[a] for a in axes):
+                    axes = ()
+        used.update(axes)
+        spec.append(axes if len(axes) > 1 else (axes[0] if axes else None))
+    return PartitionSpec(*spec)
+
+
+def named_sharding(mesh: Mesh, logical: Sequence[str | None],
+                   shape: Sequence[int] | None = None) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(logical, shape, mesh))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh, ndim: int, batch_size: int | None = None) -> NamedSharding:
+    """Shard the leading (batch) axis over data x fsdp; other axes replicated."""
+    shape = None if batch_size is None else (batch_size,) + (1,) * (ndim - 1)
+    return named_sharding(mesh, ("batch",) + (None,) * (ndim - 1), shape)
