@@ -1,0 +1,53 @@
+"""AlphaAlign rewards: prompt template, verifiers, safety reward, numeric combination."""
+
+from alphaalign_jax.rewards.combine import (
+    group_normalise,
+    helpfulness_reward,
+    reward_metrics,
+    total_reward,
+)
+from alphaalign_jax.rewards.safety import (
+    LABELS,
+    SafetyBatch,
+    SafetyRewardConfig,
+    SafetyScore,
+    safety_reward,
+    score_groups,
+)
+from alphaalign_jax.rewards.template import (
+    DEFAULT_SAFETY_TEMPLATE,
+    apply_template,
+    build_chat_prompt,
+)
+from alphaalign_jax.rewards.verifiers import (
+    DEFAULT_REFUSAL_PHRASES,
+    extract_answer,
+    extract_boxed,
+    format_verifier,
+    is_refusal,
+    refusal_verifier,
+    visible_answer,
+)
+
+__all__ = [
+    "DEFAULT_REFUSAL_PHRASES",
+    "DEFAULT_SAFETY_TEMPLATE",
+    "LABELS",
+    "SafetyBatch",
+    "SafetyRewardConfig",
+    "SafetyScore",
+    "apply_template",
+    "build_chat_prompt",
+    "extract_answer",
+    "extract_boxed",
+    "format_verifier",
+    "group_normalise",
+    "helpfulness_reward",
+    "is_refusal",
+    "refusal_verifier",
+    "reward_metrics",
+    "safety_reward",
+    "score_groups",
+    "total_reward",
+    "visible_answer",
+]

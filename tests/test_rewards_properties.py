@@ -1,0 +1,78 @@
+"""Property tests: the reward functions are total, linear-time, and agree with the reference regex."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alphaalign_jax.rewards import (
+    extract_answer,
+    extract_boxed,
+    format_verifier,
+    is_refusal,
+    refusal_verifier,
+    safety_reward,
+    visible_answer,
+)
+from tests.test_rewards_table import (
+    ref_answer,
+    ref_boxed,
+    ref_format,
+    ref_refusal,
+    ref_visible,
+)
+
+PIECES = [
+    "<safety_reasoning>", "</safety_reasoning>", "<answer>", "</answer>", "<answer", "answer>",
+    "</safety_reasoning", "<", ">", "/", "\\boxed{", "{", "}", "I'm sorry", "I\u2019m sorry",
+    "Sorry, I can't comply", "As an AI", "I am not", " ", "\n", "x", "\u00df", "\ud800",
+]
+tag_soup = st.lists(st.sampled_from(PIECES) | st.text(max_size=3), max_size=24).map("".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text() | tag_soup)
+def test_total_on_any_text(text: str) -> None:
+    for label in ("harmful", "benign"):
+        score = safety_reward(label, text)
+        assert score.format in (0.0, 1.0) and score.refusal in (0.0, 1.0)
+    assert isinstance(is_refusal(text), bool)
+    answer = extract_answer(text)
+    assert answer is None or answer in text
+    boxed = extract_boxed(text)
+    assert boxed is None or boxed in text
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=tag_soup)
+def test_agrees_with_reference_on_tag_soup(text: str) -> None:
+    assert format_verifier(text) == ref_format(text)
+    assert extract_answer(text) == ref_answer(text)
+    visible = visible_answer(text)
+    assert visible == ref_visible(text)
+    assert extract_boxed(visible) == ref_boxed(visible)
+    assert refusal_verifier(visible) == ref_refusal(visible)
+
+
+MB = 1_000_000
+ADVERSARIAL = {
+    "unmatched reasoning tags": ("<safety_reasoning> think " * MB)[:MB],
+    "tags without an answer close": ("<safety_reasoning></safety_reasoning><answer>" * MB)[:MB],
+    "answer of unclosed boxes": "<answer>" + ("\\boxed{" * MB)[:MB] + "</answer>",
+    "box of a megabyte of braces": "<answer>\\boxed{" + "{}" * (MB // 4) + "{" * (MB // 2) + "</answer>",
+    "answer tags in reverse": ("</answer><answer>" * MB)[:MB],
+}
+
+
+@pytest.mark.parametrize("name", list(ADVERSARIAL))
+def test_one_megabyte_adversarial_is_fast(name: str) -> None:
+    text = ADVERSARIAL[name]
+    start = time.perf_counter()
+    for label in ("harmful", "benign"):
+        safety_reward(label, text)
+    is_refusal(text)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 1.0, f"{name}: {elapsed:.3f}s for 3 scorings of {len(text)} chars"
