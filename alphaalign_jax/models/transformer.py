@@ -105,8 +105,9 @@ class Linear(nnx.Module):
     def __init__(self, d_in: int, d_out: int, logical: tuple[str, str], *, bias: bool,
                  param_dtype: jnp.dtype, rngs: nnx.Rngs):
         self.kernel = _param(rngs, (d_in, d_out), logical, param_dtype)
-        self.bias = (nnx.Param(jnp.zeros((d_out,), param_dtype), logical_axes=(logical[1],))
-                     if bias else None)
+        self.bias = nnx.data(
+            nnx.Param(jnp.zeros((d_out,), param_dtype), logical_axes=(logical[1],))
+            if bias else None)
 
     def __call__(self, x: Array) -> Array:
         y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(x.dtype))
@@ -203,14 +204,12 @@ class Transformer(nnx.Module):
         self.layers = nnx.List([Block(config, param_dtype=param_dtype, rngs=rngs)
                                 for _ in range(config.num_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
-        self.lm_head = None
-        self.score = None
-        if config.is_classifier:
-            self.score = _param(rngs, (config.hidden_size, config.num_labels), ("embed", "classes"),
-                                param_dtype)
-        elif not config.tie_word_embeddings:
-            self.lm_head = _param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"),
-                                  param_dtype)
+        self.score = nnx.data(
+            _param(rngs, (config.hidden_size, config.num_labels), ("embed", "classes"), param_dtype)
+            if config.is_classifier else None)
+        self.lm_head = nnx.data(
+            _param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), param_dtype)
+            if not (config.is_classifier or config.tie_word_embeddings) else None)
         self.inv_freq = nnx.Variable(jnp.asarray(rope_inv_freq(config.rope, config.head_dim)))
 
     def unembedding(self) -> Array:

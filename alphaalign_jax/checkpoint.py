@@ -1,0 +1,116 @@
+"""Orbax checkpoints of model parameters, shared by the converter, trainer and evaluator.
+
+A checkpoint directory is an orbax composite with (at least) two items:
+
+- ``params``: the model parameters (``StandardSave`` of a nested dict), restored
+  straight onto their mesh shardings;
+- ``model_config``: JSON with the HF ``config.json`` the parameters belong to
+  and where the tokenizer lives, so a checkpoint is self-describing and loading
+  it into a different model is a clear error rather than garbage.
+
+Training checkpoints add more items (optimizer state, data position, RNG) in
+the same directory, so every tool that reads parameters reads both kinds.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh
+
+from alphaalign_jax.models import ModelConfig, Transformer
+from alphaalign_jax.models.hf_io import (
+    TOKENIZER_FILES,
+    CheckpointError,
+    abstract_model,
+    param_shardings,
+)
+from alphaalign_jax.models.transformer import rope_inv_freq
+
+TOKENIZER_SUBDIR = "tokenizer"
+
+
+def param_dict(model: Transformer) -> dict:
+    """Trainable parameters as a nested pure dict (what orbax stores)."""
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def model_config_item(config: ModelConfig, tokenizer_dir: str | None) -> dict[str, Any]:
+    return {"hf_config": config.hf_config, "tokenizer_dir": tokenizer_dir}
+
+
+def save_model(path: str | pathlib.Path, model: Transformer, *,
+               tokenizer_dir: str | pathlib.Path | None = None) -> pathlib.Path:
+    """Write a standalone parameter checkpoint (tokenizer files copied inside)."""
+    path = pathlib.Path(path).absolute()
+    if path.exists():
+        raise FileExistsError(f"{path}: checkpoint directory already exists")
+    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    checkpointer.save(path, ocp.args.Composite(
+        params=ocp.args.StandardSave(param_dict(model)),
+        model_config=ocp.args.JsonSave(model_config_item(
+            model.config, TOKENIZER_SUBDIR if tokenizer_dir else None))))
+    if tokenizer_dir is not None:
+        (path / TOKENIZER_SUBDIR).mkdir()
+        for fname in TOKENIZER_FILES:
+            src = pathlib.Path(tokenizer_dir) / fname
+            if src.exists():
+                shutil.copy2(src, path / TOKENIZER_SUBDIR / fname)
+    return path
+
+
+def read_model_config(path: str | pathlib.Path) -> tuple[ModelConfig, pathlib.Path | None]:
+    """The model config stored in a checkpoint, and its tokenizer directory (if any)."""
+    path = pathlib.Path(path).absolute()
+    if not (path / "model_config").exists():
+        raise CheckpointError(f"{path}: not an alphaalign checkpoint (no model_config item)")
+    item = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
+        path, ocp.args.Composite(model_config=ocp.args.JsonRestore()))["model_config"]
+    config = ModelConfig.from_hf_dict(item["hf_config"], source=f"{path}/model_config")
+    tok = item.get("tokenizer_dir")
+    tok_path = None if tok is None else (path / tok if not pathlib.Path(tok).is_absolute()
+                                         else pathlib.Path(tok))
+    return config, tok_path
+
+
+def load_model(path: str | pathlib.Path, *, dtype: str | jnp.dtype = "float32",
+               param_dtype: str | jnp.dtype | None = None, mesh: Mesh | None = None,
+               expect_config: ModelConfig | None = None) -> Transformer:
+    """Restore a model from a checkpoint, placing parameters on ``mesh`` shardings.
+
+    ``expect_config`` guards against restoring another model's checkpoint.
+    """
+    path = pathlib.Path(path).absolute()
+    config, _ = read_model_config(path)
+    if expect_config is not None and config != expect_config:
+        raise CheckpointError(f"{path}: checkpoint is of a different model "
+                              f"({_config_diff(config, expect_config)})")
+    dtype = jnp.dtype(dtype)
+    model = abstract_model(config, dtype, jnp.dtype(param_dtype or dtype))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    if mesh is not None:
+        shardings = param_shardings(params, mesh)
+        target = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
+                              nnx.to_pure_dict(params), nnx.to_pure_dict(shardings))
+    else:
+        target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype),
+                              nnx.to_pure_dict(params))
+    restored = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
+        path, ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
+    nnx.replace_by_pure_dict(params, restored)
+    rest["inv_freq"].set_value(jnp.asarray(rope_inv_freq(config.rope, config.head_dim)))
+    return nnx.merge(graphdef, params, rest)
+
+
+def _config_diff(a: ModelConfig, b: ModelConfig) -> str:
+    fields = [f for f in ("model_type", "vocab_size", "hidden_size", "intermediate_size",
+                          "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                          "tie_word_embeddings", "rope")
+              if getattr(a, f) != getattr(b, f)]
+    return ", ".join(f"{f}: {getattr(a, f)} != {getattr(b, f)}" for f in fields) or "config differs"
