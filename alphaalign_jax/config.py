@@ -1,0 +1,148 @@
+"""The training config schema: defaults in one place, and validation at start.
+
+Config files in ``configs/`` start from :func:`base_config` and change what
+their model needs. The returned ConfigDict is locked, so a misspelt override
+(``--config.optim.lr=...``) fails at once, naming the field; :func:`validate`
+then checks values and their consistency, naming the field at fault.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from alphaalign_jax.rewards import DEFAULT_REFUSAL_PHRASES, DEFAULT_SAFETY_TEMPLATE
+from alphaalign_jax.rl.losses import AGGREGATIONS
+
+HELPFULNESS_BACKENDS = ("lm_judge", "classifier", "none")
+ALGORITHMS = ("grpo", "dapo", "dr_grpo")
+
+
+class ConfigValueError(ValueError):
+    """A config value that is out of range or inconsistent with another."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = dict(
+        hf_dir="",  # HF directory of the policy; "" = the bundled SmolLM2-135M-Instruct
+        dtype="float32",  # compute dtype
+        param_dtype="float32",
+    )
+    c.mesh = dict(data=1, fsdp=-1, tensor=1)  # -1: all remaining devices
+    c.data = dict(
+        train_file="",  # JSONL of {prompt,label,source,id}; "" = assets/data/train.jsonl
+        harmful_fraction=0.5,  # share of harmful prompts in each batch (the sets are unbalanced)
+        lenient=False,  # skip and count bad rows instead of failing
+        seed=0,
+    )
+    c.template = DEFAULT_SAFETY_TEMPLATE
+    c.rollout = dict(
+        num_samples=8,  # rollouts per prompt (the group)
+        max_prompt_len=256,
+        max_new_tokens=256,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        stop_strings=("</answer>",),
+    )
+    c.reward = dict(
+        r_format=0.5,
+        r_answer=1.0,
+        refusal_phrases=tuple(DEFAULT_REFUSAL_PHRASES),
+        helpfulness="lm_judge",  # one of HELPFULNESS_BACKENDS
+        rm_dir="",  # HF directory of the reward model; "" = the policy's own base model (judge)
+        rm_batch_size=16,
+        rm_max_len=512,
+        refusals_in_stats=True,
+        normalise_each=False,
+    )
+    c.algo = dict(
+        name="grpo",  # grpo | dapo (clip-higher, token mean) | dr_grpo (no std, const. length)
+        clip_low=0.2,
+        clip_high=0.2,
+        beta=0.04,  # k3 KL coefficient; 0 skips the reference model entirely
+        aggregation="token_mean",
+        scale_by_std=True,
+        num_updates=1,  # policy updates per rollout batch
+        micro_batch_size=8,  # sequences per gradient micro-batch
+        dynamic_sampling=False,  # drop groups with all-equal rewards (no signal)
+        logprob_chunk=128,
+    )
+    c.optim = dict(
+        learning_rate=1e-6,
+        warmup_steps=0,
+        schedule="constant",
+        weight_decay=0.0,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        max_grad_norm=1.0,
+    )
+    c.train = dict(
+        steps=100,
+        prompts_per_step=16,
+        seed=0,
+        log_every=1,
+        checkpoint_every=10,
+        keep_checkpoints=3,
+        async_checkpointing=True,
+        plot=True,
+    )
+    return c
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigValueError(f"config.{field}: {message}")
+
+
+def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+    """Check every value and the sizes that must agree; raise naming the field."""
+    r, a, t, o = c.rollout, c.algo, c.train, c.optim
+    _require(c.model.dtype in ("float32", "bfloat16"), "model.dtype",
+             f"'{c.model.dtype}' is not float32 or bfloat16")
+    _require(c.model.param_dtype in ("float32", "bfloat16"), "model.param_dtype",
+             f"'{c.model.param_dtype}' is not float32 or bfloat16")
+    _require(0.0 <= c.data.harmful_fraction <= 1.0, "data.harmful_fraction", "must be in [0, 1]")
+    _require("{prompt}" in c.template, "template", "must contain the {prompt} slot")
+    _require(r.num_samples >= 2, "rollout.num_samples",
+             f"GRPO needs >= 2 rollouts a prompt to compare, got {r.num_samples}")
+    _require(r.max_prompt_len > 0, "rollout.max_prompt_len", "must be > 0")
+    _require(r.max_new_tokens > 0, "rollout.max_new_tokens", "must be > 0")
+    _require(r.temperature > 0, "rollout.temperature", "must be > 0 (greedy rollouts give "
+             "identical groups and no advantage)")
+    _require(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+    _require(r.top_k >= 0, "rollout.top_k", "must be >= 0 (0 disables)")
+    _require(c.reward.helpfulness in HELPFULNESS_BACKENDS, "reward.helpfulness",
+             f"'{c.reward.helpfulness}' is not one of {HELPFULNESS_BACKENDS}")
+    _require(a.name in ALGORITHMS, "algo.name", f"'{a.name}' is not one of {ALGORITHMS}")
+    _require(a.aggregation in AGGREGATIONS, "algo.aggregation",
+             f"'{a.aggregation}' is not one of {AGGREGATIONS}")
+    _require(0 <= a.clip_low < 1, "algo.clip_low", "must be in [0, 1)")
+    _require(a.clip_high >= 0, "algo.clip_high", "must be >= 0")
+    _require(a.beta >= 0, "algo.beta", "must be >= 0")
+    _require(a.num_updates >= 1, "algo.num_updates", "must be >= 1")
+    batch = t.prompts_per_step * r.num_samples
+    _require(t.prompts_per_step >= 1, "train.prompts_per_step", "must be >= 1")
+    _require(a.micro_batch_size >= 1 and batch % a.micro_batch_size == 0, "algo.micro_batch_size",
+             f"must divide prompts_per_step * num_samples = {batch}")
+    _require(a.micro_batch_size % num_devices == 0 or num_devices % a.micro_batch_size == 0,
+             "algo.micro_batch_size", f"must be a multiple of the {num_devices} devices")
+    _require(t.steps >= 1, "train.steps", "must be >= 1")
+    _require(t.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+    _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+    _require(o.learning_rate >= 0, "optim.learning_rate", "must be >= 0")
+    _require(0 <= o.warmup_steps <= t.steps * a.num_updates, "optim.warmup_steps",
+             "must be in [0, train.steps * algo.num_updates]")
+    _require(o.schedule in ("cosine", "constant"), "optim.schedule",
+             f"'{o.schedule}' is not cosine or constant")
+
+
+def apply_algorithm_presets(c: ml_collections.ConfigDict) -> None:
+    """The variant named by ``algo.name`` fixes the knobs that define it."""
+    if c.algo.name == "dapo":
+        c.algo.clip_high = max(c.algo.clip_high, 0.28)
+        c.algo.aggregation = "token_mean"
+    elif c.algo.name == "dr_grpo":
+        c.algo.scale_by_std = False
+        c.algo.aggregation = "dr_grpo"

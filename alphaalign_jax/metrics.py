@@ -1,0 +1,88 @@
+"""Training metrics: JSONL (the record), TensorBoard (the dashboard), a console progress bar,
+and PNG curves of the headline numbers at the end of a run."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from tqdm import tqdm
+
+HEADLINE = {  # metric -> short console name
+    "reward/total": "R",
+    "reward/format_rate/harmful": "fmt",
+    "reward/refusal_rate/harmful": "refuse",
+    "reward/over_refusal_rate/benign": "over",
+    "kl": "kl",
+    "time/step_s": "s/step",
+}
+PLOTTED = ("reward/total", "reward/format_rate/harmful", "reward/format_rate/benign",
+           "reward/refusal_rate/harmful", "reward/over_refusal_rate/benign",
+           "reward/helpfulness_reward/benign", "kl", "entropy", "response_length/mean")
+
+
+class MetricsWriter:
+    """Appends one JSON line per step; resumed runs keep appending to the same file."""
+
+    def __init__(self, workdir: pathlib.Path, *, total_steps: int, initial_step: int = 0):
+        from tensorboardX import SummaryWriter
+
+        self.workdir = workdir
+        self.path = workdir / "metrics.jsonl"
+        _truncate_after(self.path, initial_step)
+        self.tb = SummaryWriter(str(workdir / "tensorboard"))
+        self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step",
+                        dynamic_ncols=True)
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        for name, value in metrics.items():
+            self.tb.add_scalar(name, value, step)
+        self.bar.set_postfix({short: f"{metrics[name]:.3g}" for name, short in HEADLINE.items()
+                              if name in metrics})
+        self.bar.update(1)
+
+    def close(self, *, plot: bool = True) -> None:
+        self.bar.close()
+        self.tb.close()
+        if plot and self.path.exists():
+            plot_metrics(self.path, self.workdir / "curves.png")
+
+
+def read_metrics(path: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _truncate_after(path: pathlib.Path, step: int) -> None:
+    """On resume, drop lines of steps after the checkpoint (they will be redone)."""
+    if not path.exists():
+        return
+    kept = [r for r in read_metrics(path) if r["step"] <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def plot_metrics(path: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(path)
+    names = [n for n in PLOTTED if any(n in r for r in rows)]
+    cols = 3
+    fig, axes = plt.subplots((len(names) + cols - 1) // cols, cols,
+                             figsize=(4 * cols, 2.8 * ((len(names) + cols - 1) // cols)),
+                             squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        points = [(r["step"], r[name]) for r in rows if name in r]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,26 @@
+"""The method's settings shared by the paper-scale configs (AlphaAlign, App. E and method.md)."""
+
+from alphaalign_jax.config import base_config
+
+
+def paper_config(hf_dir: str):
+    c = base_config()
+    c.model.hf_dir = hf_dir
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "float32"
+    c.mesh = dict(data=1, fsdp=-1, tensor=1)  # FSDP over every chip of the slice
+    c.rollout.num_samples = 8  # n = 8 rollouts a prompt
+    c.rollout.max_prompt_len = 512
+    c.rollout.max_new_tokens = 1536  # max length 2048 in all
+    c.reward.helpfulness = "classifier"
+    c.reward.rm_dir = "models/FsfairX-LLaMA3-RM-v0.1"  # HF directory, fetched by the user
+    c.reward.rm_batch_size = 32
+    c.reward.rm_max_len = 2048
+    c.algo.beta = 0.04
+    c.algo.micro_batch_size = 16
+    c.optim.learning_rate = 1e-6  # actor lr
+    c.optim.max_grad_norm = 1.0
+    c.train.prompts_per_step = 16  # batch 16 prompts
+    c.train.steps = 200  # "< 200 RL steps", about 2 epochs
+    c.train.checkpoint_every = 20
+    return c
