@@ -126,7 +126,7 @@ def train_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
     (grads, loss_sum, count, aux), _ = jax.lax.scan(accumulate, zeros, micro)
     grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
     loss = finalize(loss_sum, count)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)

@@ -1,0 +1,384 @@
+"""AlphaAlign GRPO training: the main job.
+
+    python -m alphaalign_jax.train --config=configs/smollm2_135m_cpu.py --workdir=runs/smollm2 \
+        [--config.train.steps=20 --config.optim.learning_rate=1e-5 ...]
+
+One step: draw a class-balanced batch of labelled prompts, wrap each in the
+safety template and the chat template, sample G rollouts each with the jitted
+sampler, score them (format / refusal verifiers, helpfulness reward model),
+turn the rewards into group-normalised advantages, add reference log-probs
+(when beta > 0), and apply ``algo.num_updates`` optax updates that reuse the
+sampler's log-probs as the old policy's.
+
+Re-running the same command resumes from the latest checkpoint in
+``--workdir`` (parameters, optimizer state, step, data position; the RNG is a
+function of the step), and SIGTERM (TPU preemption) saves and exits cleanly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
+
+from alphaalign_jax import assets
+from alphaalign_jax import config as config_lib
+from alphaalign_jax import sharding as shd
+from alphaalign_jax.checkpoint import model_config_item
+from alphaalign_jax.data.pipeline import PromptSource
+from alphaalign_jax.data.records import PromptRecord, load_jsonl
+from alphaalign_jax.metrics import MetricsWriter
+from alphaalign_jax.models import from_pretrained, param_shardings
+from alphaalign_jax.rewards import (
+    SafetyRewardConfig,
+    build_chat_prompt,
+    helpfulness_reward,
+    reward_metrics,
+    score_groups,
+    total_reward,
+)
+from alphaalign_jax.rewards.reward_models import make_reward_model
+from alphaalign_jax.rl.advantages import group_advantages
+from alphaalign_jax.rl.optim import make_optimizer
+from alphaalign_jax.rl.step import LossSettings, UpdateBatch, reference_logprobs, train_step
+from alphaalign_jax.sampling import Sampler
+
+FLAGS = flags.FLAGS
+
+
+class NonFiniteError(RuntimeError):
+    """A non-finite loss or gradient: the update was not applied and the run stops."""
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGINT received: checkpoint written, exit cleanly."""
+
+
+@dataclasses.dataclass
+class BalancedPrompts:
+    """Class-balanced prompt batches from two resumable, deterministic streams."""
+
+    harmful: PromptSource | None
+    benign: PromptSource | None
+    num_harmful: int
+    num_benign: int
+
+    @classmethod
+    def build(cls, records: list[PromptRecord], batch: int, harmful_fraction: float,
+              seed: int) -> "BalancedPrompts":
+        by_label = {lab: [r for r in records if r.label == lab] for lab in ("harmful", "benign")}
+        num_harmful = round(batch * harmful_fraction)
+        num_benign = batch - num_harmful
+        for label, n in (("harmful", num_harmful), ("benign", num_benign)):
+            if n and not by_label[label]:
+                raise ValueError(f"config.data.harmful_fraction asks for {n} {label} prompts a "
+                                 f"step, but the training file has none")
+        return cls(
+            PromptSource(by_label["harmful"], num_harmful, seed=seed) if num_harmful else None,
+            PromptSource(by_label["benign"], num_benign, seed=seed + 1) if num_benign else None,
+            num_harmful, num_benign)
+
+    def next(self) -> list[PromptRecord]:
+        return ((next(self.harmful) if self.harmful else [])
+                + (next(self.benign) if self.benign else []))
+
+    def state(self) -> dict[str, Any]:
+        return {"harmful": self.harmful.state() if self.harmful else None,
+                "benign": self.benign.state() if self.benign else None}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for name in ("harmful", "benign"):
+            source = getattr(self, name)
+            if source is not None:
+                source.restore(state[name])
+
+
+def optimizer_shardings(tx: optax.GradientTransformation, params: nnx.State, mesh) -> Any:
+    """Shardings of ``tx.init(params)``: each moment buffer like its parameter (matched by
+    path suffix and shape), everything else (step counts) replicated on the mesh."""
+    by_path = {jax.tree_util.keystr(path): leaf
+               for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+    def one(path, leaf):
+        key = jax.tree_util.keystr(path)
+        for suffix, param in by_path.items():
+            if key.endswith(suffix) and param.shape == leaf.shape:
+                return param.sharding
+        return shd.replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(one, jax.eval_shape(tx.init, params))
+
+
+class Trainer:
+    """Owns the models, compiled functions, data and checkpoints of one run."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+        config_lib.apply_algorithm_presets(config)
+        self.mesh = shd.make_mesh(dict(config.mesh))
+        config_lib.validate(config, num_devices=self.mesh.size)
+        self.config = config
+        self.workdir = pathlib.Path(workdir).absolute()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        c = config
+        self.hf_dir = pathlib.Path(c.model.hf_dir or assets.fetch_smollm2(quiet=True))
+        import transformers
+
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.hf_dir)
+        policy = from_pretrained(self.hf_dir, dtype=c.model.dtype, mesh=self.mesh,
+                                 param_dtype=c.model.param_dtype)
+        self.model_config = policy.config
+        self.graphdef, self.params, self.rest = nnx.split(policy, nnx.Param, ...)
+        self.ref_params = (jax.tree.map(jnp.copy, self.params) if c.algo.beta > 0 else None)
+        self.tx, self.lr_schedule = make_optimizer(
+            learning_rate=c.optim.learning_rate, total_steps=c.train.steps * c.algo.num_updates,
+            warmup_steps=c.optim.warmup_steps, schedule=c.optim.schedule,
+            weight_decay=c.optim.weight_decay, b1=c.optim.b1, b2=c.optim.b2, eps=c.optim.eps,
+            max_grad_norm=c.optim.max_grad_norm)
+        self.opt_state = jax.jit(self.tx.init, out_shardings=optimizer_shardings(
+            self.tx, self.params, self.mesh))(self.params)
+        self.sampler = Sampler(policy, self.tokenizer, mesh=self.mesh,
+                               max_prompt_len=c.rollout.max_prompt_len)
+        self.safety_cfg = SafetyRewardConfig(r_format=c.reward.r_format,
+                                             r_answer=c.reward.r_answer,
+                                             refusal_phrases=tuple(c.reward.refusal_phrases))
+        rm_kwargs = {} if c.reward.helpfulness == "none" else dict(
+            hf_dir=c.reward.rm_dir or self.hf_dir, mesh=self.mesh,
+            batch_size=c.reward.rm_batch_size, max_length=c.reward.rm_max_len)
+        self.reward_model = make_reward_model(c.reward.helpfulness, **rm_kwargs)
+        train_file = pathlib.Path(c.data.train_file or assets.assets_dir() / "data" / "train.jsonl")
+        records = load_jsonl(train_file, lenient=c.data.lenient)
+        self.prompts = BalancedPrompts.build(records, c.train.prompts_per_step,
+                                             c.data.harmful_fraction, c.data.seed)
+        self._compile_train_step()
+        self.step = 0
+        self.checkpoints = ocp.CheckpointManager(
+            self.workdir / "checkpoints",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=c.train.keep_checkpoints,
+                enable_async_checkpointing=c.train.async_checkpointing))
+        self._stop_signal: int | None = None
+
+    # ----------------------------------------------------------------- compile
+    def _compile_train_step(self) -> None:
+        c = self.config
+        self.train_step_traces = 0
+        settings = LossSettings(
+            clip_low=float(c.algo.clip_low), clip_high=float(c.algo.clip_high),
+            beta=float(c.algo.beta), aggregation=c.algo.aggregation,
+            max_completion_len=int(c.rollout.max_new_tokens),
+            temperature=float(c.rollout.temperature), logprob_chunk=int(c.algo.logprob_chunk))
+
+        def step_fn(params, rest, opt_state, batch):
+            self.train_step_traces += 1  # runs at trace time only: counts compilations
+            return train_step(self.graphdef, params, rest, opt_state, batch, tx=self.tx,
+                              settings=settings, micro_batch_size=c.algo.micro_batch_size)
+
+        param_sh = jax.tree.map(lambda x: x.sharding, self.params)
+        opt_sh = jax.tree.map(lambda x: x.sharding, self.opt_state)
+        self._train_step = jax.jit(step_fn, donate_argnums=(0, 2),
+                                   out_shardings=(param_sh, opt_sh, shd.replicated(self.mesh)))
+        self._ref_logprobs = jax.jit(
+            lambda ref, rest, tokens, mask: reference_logprobs(
+                self.graphdef, ref, rest, tokens, mask,
+                completion_len=int(c.rollout.max_new_tokens),
+                micro_batch_size=c.algo.micro_batch_size, temperature=settings.temperature,
+                chunk=settings.logprob_chunk))
+
+    # -------------------------------------------------------------- checkpoints
+    def _abstract(self, tree):
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            tree)
+
+    def save(self, force: bool = False) -> None:
+        train_state = {"step": self.step, "data": self.prompts.state(),
+                       "seed": int(self.config.train.seed)}
+        self.checkpoints.save(self.step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(nnx.to_pure_dict(self.params)),
+            opt_state=ocp.args.StandardSave(self.opt_state),
+            model_config=ocp.args.JsonSave(model_config_item(self.model_config,
+                                                             str(self.hf_dir))),
+            train_state=ocp.args.JsonSave(train_state)), force=force)
+
+    def restore_latest(self) -> bool:
+        step = self.checkpoints.latest_step()
+        if step is None:
+            return False
+        restored = self.checkpoints.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(self._abstract(nnx.to_pure_dict(self.params))),
+            opt_state=ocp.args.StandardRestore(self._abstract(self.opt_state)),
+            model_config=ocp.args.JsonRestore(),
+            train_state=ocp.args.JsonRestore()))
+        stored = restored["model_config"]["hf_config"]
+        if stored != self.model_config.hf_config:
+            raise ValueError(f"{self.workdir}/checkpoints/{step}: checkpoint is of a different "
+                             f"model than config.model.hf_dir={self.hf_dir}")
+        nnx.replace_by_pure_dict(self.params, restored["params"])
+        self.opt_state = restored["opt_state"]
+        self.prompts.restore(restored["train_state"]["data"])
+        self.step = int(restored["train_state"]["step"])
+        logging.warning("resumed from %s at step %d", self.workdir / "checkpoints", self.step)
+        return True
+
+    # ------------------------------------------------------------------- a step
+    def _rewards(self, batch: list[PromptRecord], texts: list[list[str]]):
+        c = self.config
+        safety = score_groups([r.label for r in batch], texts, self.safety_cfg)
+        scores = np.zeros_like(safety.reward)
+        benign_rows = np.flatnonzero(safety.is_benign)
+        if len(benign_rows):
+            group = len(texts[0])
+            queries = [batch[i].prompt for i in benign_rows for _ in range(group)]
+            answers = [t for i in benign_rows for t in texts[i]]
+            scores[benign_rows] = np.asarray(
+                self.reward_model.score(queries, answers)).reshape(len(benign_rows), group)
+        is_refusal = jnp.asarray(safety.refusal > 0)
+        is_benign = jnp.asarray(safety.is_benign)
+        helpful = helpfulness_reward(jnp.asarray(scores), is_refusal, is_benign,
+                                     refusals_in_stats=c.reward.refusals_in_stats)
+        total = total_reward(jnp.asarray(safety.reward), helpful, is_benign,
+                             normalise_each=c.reward.normalise_each)
+        metrics = reward_metrics(jnp.asarray(safety.format), jnp.asarray(safety.refusal),
+                                 jnp.asarray(safety.reward), helpful, total, is_benign)
+        metrics = {f"reward/{k}" if not k.startswith(("reward/", "count/")) else k: v
+                   for k, v in metrics.items()}
+        metrics["reward/total"] = total.mean()
+        metrics["reward/rm_score_benign"] = (scores[benign_rows].mean() if len(benign_rows)
+                                             else 0.0)
+        return total, metrics
+
+    def _fixed_width(self, rollouts) -> tuple[np.ndarray, np.ndarray]:
+        """Left-pad prompts to ``max_prompt_len`` so the update compiles once per run."""
+        width = self.config.rollout.max_prompt_len
+        pad = width - rollouts.prompt_ids.shape[1]
+        prompt_ids = np.pad(rollouts.prompt_ids, ((0, 0), (pad, 0)))
+        prompt_mask = np.pad(rollouts.prompt_mask, ((0, 0), (pad, 0)))
+        return (np.concatenate([prompt_ids, rollouts.completion_ids], axis=1).astype(np.int32),
+                np.concatenate([prompt_mask, rollouts.completion_mask], axis=1).astype(bool))
+
+    def train_one_step(self) -> dict[str, float]:
+        c = self.config
+        start = time.perf_counter()
+        batch = self.prompts.next()
+        prompts = [build_chat_prompt(r.prompt, self.tokenizer, c.template) for r in batch]
+        t0 = time.perf_counter()
+        rollouts = self.sampler.generate(
+            prompts, max_new_tokens=c.rollout.max_new_tokens, num_samples=c.rollout.num_samples,
+            temperature=c.rollout.temperature, top_p=c.rollout.top_p, top_k=c.rollout.top_k,
+            seed=int(c.train.seed) * 1_000_003 + self.step,
+            stop_strings=tuple(c.rollout.stop_strings),
+            state=nnx.state(nnx.merge(self.graphdef, self.params, self.rest)))
+        rollout_s = time.perf_counter() - t0
+        group = c.rollout.num_samples
+        texts = [list(rollouts.texts[i * group:(i + 1) * group]) for i in range(len(batch))]
+        total, metrics = self._rewards(batch, texts)
+        advantages = group_advantages(total, scale_by_std=c.algo.scale_by_std).reshape(-1)
+        tokens, attention = self._fixed_width(rollouts)
+        rows = tokens.shape[0]
+        sharding = shd.batch_sharding(self.mesh, 2, rows)
+        tokens, attention = jax.device_put((tokens, attention), sharding)
+        completion_mask = jax.device_put(rollouts.completion_mask.astype(np.float32), sharding)
+        old_logp = jax.device_put(rollouts.logprobs.astype(np.float32), sharding)
+        if self.ref_params is not None:
+            ref_logp = self._ref_logprobs(self.ref_params, self.rest, tokens, attention)
+        else:
+            ref_logp = jnp.zeros_like(old_logp)
+        update = UpdateBatch(tokens, attention, completion_mask, old_logp, ref_logp,
+                             jax.device_put(advantages.astype(jnp.float32),
+                                            shd.batch_sharding(self.mesh, 1, rows)))
+        step_metrics = {}
+        for u in range(c.algo.num_updates):
+            self.params, self.opt_state, m = self._train_step(self.params, self.rest,
+                                                              self.opt_state, update)
+            if u == 0:
+                step_metrics = m
+        host = {k: float(v) for k, v in jax.device_get({**step_metrics, **metrics}).items()}
+        if not host.pop("finite"):
+            raise NonFiniteError(
+                f"step {self.step}: non-finite loss ({host['loss']}) or gradient norm "
+                f"({host['grad_norm']}); the update was not applied and no checkpoint was "
+                f"written (latest good checkpoint: step {self.checkpoints.latest_step()})")
+        lengths = np.asarray(rollouts.lengths)
+        host.update({
+            "response_length/mean": float(lengths.mean()),
+            "response_length/max": float(lengths.max()),
+            "stop/length_frac": float(np.mean([r == "length" for r in rollouts.stop_reasons])),
+            "rollout/tokens_per_s": float(lengths.sum() / max(rollout_s, 1e-9)),
+            "time/rollout_s": rollout_s,
+            "time/step_s": time.perf_counter() - start,
+            "lr": float(self.lr_schedule(self.step * c.algo.num_updates)),
+            "compiles/train_step": self.train_step_traces,
+        })
+        self.step += 1
+        return host
+
+    # --------------------------------------------------------------------- loop
+    def _on_signal(self, signum, _frame) -> None:
+        logging.warning("signal %d received: will checkpoint after this step and exit", signum)
+        self._stop_signal = signum
+
+    def run(self) -> pathlib.Path:
+        c = self.config
+        self.restore_latest()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        writer = MetricsWriter(self.workdir, total_steps=c.train.steps, initial_step=self.step)
+        try:
+            while self.step < c.train.steps:
+                metrics = self.train_one_step()
+                writer.write(self.step, metrics)
+                preempted = (self._stop_signal is not None
+                             or self.checkpoints.reached_preemption(self.step))
+                if self.step % c.train.checkpoint_every == 0 or preempted or \
+                        self.step == c.train.steps:
+                    self.save(force=preempted)
+                if preempted:
+                    raise Preempted()
+        finally:
+            self.checkpoints.wait_until_finished()
+            writer.close(plot=c.train.plot)
+        return self.workdir
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                          lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, plots.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host "
+                  "TPU/GPU: every host runs the same command and the same host-side work).")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    if FLAGS.workdir is None:
+        raise app.UsageError("--workdir is required")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    if FLAGS.distributed:
+        jax.distributed.initialize()
+    try:
+        Trainer(_CONFIG.value, FLAGS.workdir).run()
+    except Preempted:
+        logging.warning("preempted: checkpoint saved in %s; re-run the same command to resume",
+                        FLAGS.workdir)
+        sys.exit(0)
+    except config_lib.ConfigValueError as e:
+        raise app.UsageError(str(e)) from e
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)

@@ -1,0 +1,171 @@
+"""The training job end to end on a tiny model: resume exactness, preemption, meshes, config."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alphaalign_jax import config as config_lib
+from tests.tiny_run import (
+    REPO,
+    make_tiny_policy,
+    read_metrics,
+    run_train,
+    tiny_overrides,
+    train_command,
+    write_prompts,
+)
+
+TIMING = ("time/", "rollout/tokens_per_s")
+
+
+def deterministic(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
+
+
+def assert_same_metrics(a: list[dict], b: list[dict], rtol: float = 0.0, atol: float = 0.0):
+    a, b = deterministic(a), deterministic(b)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert np.isclose(ra[k], rb[k], rtol=rtol, atol=atol), (ra["step"], k, ra[k], rb[k])
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory, smollm2_dir):
+    root = tmp_path_factory.mktemp("tiny")
+    policy = make_tiny_policy(root / "policy", smollm2_dir)
+    train_file = write_prompts(root / "train.jsonl")
+    return policy, train_file
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_setup, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("full")
+    run_train(workdir, tiny_overrides(*tiny_setup))
+    return workdir, read_metrics(workdir)
+
+
+@pytest.mark.assets
+def test_run_writes_metrics_checkpoints_and_never_recompiles(uninterrupted):
+    workdir, rows = uninterrupted
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in ("reward/total", "reward/format_rate/harmful", "reward/refusal_rate/harmful",
+                "reward/over_refusal_rate/benign", "kl", "entropy", "clip_frac/high",
+                "logprob_diff/sampler_vs_trainer", "rollout/tokens_per_s", "loss"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    assert all(r["compiles/train_step"] == 1 for r in rows)
+    # sampler log-probs are what the trainer computes for the same tokens (first update)
+    assert rows[0]["logprob_diff/sampler_vs_trainer"] < 1e-4
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
+                  if p.name.isdigit()) == [2, 4]
+    assert (workdir / "tensorboard").exists()
+
+
+@pytest.mark.assets
+def test_resume_gives_identical_metrics(tiny_setup, uninterrupted, tmp_path):
+    _, full = uninterrupted
+    run_train(tmp_path, tiny_overrides(*tiny_setup, steps=2))
+    run_train(tmp_path, tiny_overrides(*tiny_setup, steps=4))
+    assert_same_metrics(read_metrics(tmp_path), full)
+
+
+def _wait_for(predicate, proc, timeout=600):
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"trainer exited early: {proc.stderr.read()[-3000:]}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError("timed out waiting for the trainer")
+        time.sleep(0.2)
+
+
+@pytest.mark.assets
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_run_resumes_exactly(tiny_setup, uninterrupted, tmp_path, sig):
+    _, full = uninterrupted
+    proc = subprocess.Popen(train_command(tmp_path, tiny_overrides(*tiny_setup)), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    if sig == signal.SIGTERM:
+        _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, proc)
+    else:  # SIGKILL only after the step-2 checkpoint is committed (orbax renames it atomically)
+        _wait_for(lambda: (tmp_path / "checkpoints" / "2").is_dir(), proc)
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=600)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 0, proc.stderr.read()[-3000:]
+        assert any(p.name.isdigit() for p in (tmp_path / "checkpoints").iterdir())
+    run_train(tmp_path, tiny_overrides(*tiny_setup))
+    assert_same_metrics(read_metrics(tmp_path), full)
+
+
+@pytest.mark.assets
+def test_8_device_mesh_gives_the_same_losses(tiny_setup, uninterrupted, tmp_path):
+    _, full = uninterrupted
+    run_train(tmp_path, tiny_overrides(*tiny_setup) + [
+        "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"],
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    sharded = read_metrics(tmp_path)
+    for a, b in zip(full, sharded):
+        for key in ("loss", "kl", "reward/total", "grad_norm", "entropy"):
+            assert np.isclose(a[key], b[key], rtol=1e-3, atol=1e-5), (a["step"], key, a[key],
+                                                                      b[key])
+
+
+def test_config_validation_names_the_field():
+    c = config_lib.base_config()
+    c.rollout.num_samples = 1
+    with pytest.raises(config_lib.ConfigValueError, match=r"config\.rollout\.num_samples"):
+        config_lib.validate(c)
+    c = config_lib.base_config()
+    c.algo.micro_batch_size = 7
+    with pytest.raises(config_lib.ConfigValueError, match=r"config\.algo\.micro_batch_size"):
+        config_lib.validate(c)
+    c = config_lib.base_config()
+    c.reward.helpfulness = "gpt4"
+    with pytest.raises(config_lib.ConfigValueError, match=r"config\.reward\.helpfulness"):
+        config_lib.validate(c)
+
+
+def test_unknown_config_field_fails_at_the_command_line(tmp_path):
+    result = subprocess.run(train_command(tmp_path, ["--config.optim.lr=1e-5"]), cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "lr" in result.stderr and ("not found" in result.stderr or "KeyError" in result.stderr)
+
+
+def test_non_finite_gradient_is_not_applied():
+    import optax
+    from flax import nnx
+
+    from alphaalign_jax.models import ModelConfig, Transformer
+    from alphaalign_jax.rl.step import LossSettings, UpdateBatch, train_step
+
+    cfg = ModelConfig.from_hf_dict({"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
+                                    "intermediate_size": 32, "num_hidden_layers": 1,
+                                    "num_attention_heads": 2, "rope_theta": 1e4})
+    graphdef, params, rest = nnx.split(Transformer(cfg), nnx.Param, ...)
+    tx = optax.adam(1e-2)
+    opt_state = tx.init(params)
+    b, p, c = 2, 3, 4
+    tokens = jnp.ones((b, p + c), jnp.int32)
+    old = jnp.zeros((b, c)).at[0, 1].set(jnp.nan)
+    batch = UpdateBatch(tokens, jnp.ones((b, p + c), bool), jnp.ones((b, c)), old,
+                        jnp.zeros((b, c)), jnp.ones((b,)))
+    settings = LossSettings(0.2, 0.2, 0.0, "token_mean", c, 1.0, 2)
+    before = jax.tree.map(np.asarray, params)
+    new_params, _, metrics = jax.jit(
+        lambda pr, o, bt: train_step(graphdef, pr, rest, o, bt, tx=tx, settings=settings,
+                                     micro_batch_size=2))(params, opt_state, batch)
+    assert not bool(metrics["finite"])
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, new_params))
