@@ -44,6 +44,10 @@ def base_config() -> ml_collections.ConfigDict:
         top_p=1.0,
         top_k=0,
         stop_strings=("</answer>",),
+        # Text forced at the start of every response (part of the prompt, not trained, but
+        # scored): "<safety_reasoning>" bootstraps the format on models too small to follow
+        # the instruction unaided. Off ("") for the paper's settings.
+        response_prefix="",
     )
     c.reward = dict(
         r_format=0.5,
@@ -87,6 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
         keep_checkpoints=3,
         async_checkpointing=True,
         plot=True,
+        log_samples=2,  # rollouts a step written to samples.jsonl (first of each prompt)
     )
     return c
 

@@ -22,14 +22,18 @@ PLOTTED = ("reward/total", "reward/format_rate/harmful", "reward/format_rate/ben
 
 
 class MetricsWriter:
-    """Appends one JSON line per step; resumed runs keep appending to the same file."""
+    """Appends one JSON line per step; resumed runs keep appending to the same file.
+
+    Only one process of a multi-host run should make one (the trainer uses process 0).
+    """
 
     def __init__(self, workdir: pathlib.Path, *, total_steps: int, initial_step: int = 0):
         from tensorboardX import SummaryWriter
 
         self.workdir = workdir
         self.path = workdir / "metrics.jsonl"
-        _truncate_after(self.path, initial_step)
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            _truncate_after(workdir / name, initial_step)
         self.tb = SummaryWriter(str(workdir / "tensorboard"))
         self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step",
                         dynamic_ncols=True)

@@ -270,11 +270,23 @@ class Trainer:
         return (np.concatenate([prompt_ids, rollouts.completion_ids], axis=1).astype(np.int32),
                 np.concatenate([prompt_mask, rollouts.completion_mask], axis=1).astype(bool))
 
+    def _log_samples(self, batch: list[PromptRecord], texts: list[list[str]],
+                     total: np.ndarray) -> None:
+        if jax.process_index() != 0:
+            return
+        with open(self.workdir / "samples.jsonl", "a") as f:
+            for i in range(min(self.config.train.log_samples, len(batch))):
+                f.write(json.dumps({"step": self.step + 1, "label": batch[i].label,
+                                    "prompt": batch[i].prompt, "completion": texts[i][0],
+                                    "reward": float(total[i, 0])}) + "\n")
+
     def train_one_step(self) -> dict[str, float]:
         c = self.config
         start = time.perf_counter()
         batch = self.prompts.next()
-        prompts = [build_chat_prompt(r.prompt, self.tokenizer, c.template) for r in batch]
+        prefix = c.rollout.response_prefix
+        prompts = [build_chat_prompt(r.prompt, self.tokenizer, c.template) + prefix
+                   for r in batch]
         t0 = time.perf_counter()
         rollouts = self.sampler.generate(
             prompts, max_new_tokens=c.rollout.max_new_tokens, num_samples=c.rollout.num_samples,
@@ -284,8 +296,10 @@ class Trainer:
             state=nnx.state(nnx.merge(self.graphdef, self.params, self.rest)))
         rollout_s = time.perf_counter() - t0
         group = c.rollout.num_samples
-        texts = [list(rollouts.texts[i * group:(i + 1) * group]) for i in range(len(batch))]
+        texts = [[prefix + t for t in rollouts.texts[i * group:(i + 1) * group]]
+                 for i in range(len(batch))]
         total, metrics = self._rewards(batch, texts)
+        self._log_samples(batch, texts, np.asarray(total))
         advantages = group_advantages(total, scale_by_std=c.algo.scale_by_std).reshape(-1)
         tokens, attention = self._fixed_width(rollouts)
         rows = tokens.shape[0]
@@ -336,11 +350,13 @@ class Trainer:
         self.restore_latest()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        writer = MetricsWriter(self.workdir, total_steps=c.train.steps, initial_step=self.step)
+        writer = (MetricsWriter(self.workdir, total_steps=c.train.steps, initial_step=self.step)
+                  if jax.process_index() == 0 else None)
         try:
             while self.step < c.train.steps:
                 metrics = self.train_one_step()
-                writer.write(self.step, metrics)
+                if writer is not None:
+                    writer.write(self.step, metrics)
                 preempted = (self._stop_signal is not None
                              or self.checkpoints.reached_preemption(self.step))
                 if self.step % c.train.checkpoint_every == 0 or preempted or \
@@ -350,7 +366,8 @@ class Trainer:
                     raise Preempted()
         finally:
             self.checkpoints.wait_until_finished()
-            writer.close(plot=c.train.plot)
+            if writer is not None:
+                writer.close(plot=c.train.plot)
         return self.workdir
 
 

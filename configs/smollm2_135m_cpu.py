@@ -7,6 +7,9 @@ beyond the bundled assets is downloaded. Sizes are cut to fit a CPU budget
 (4 prompts x 4 rollouts, 96 new tokens); the learning rate is raised from the
 paper's 1e-6 for 3B models because a 135M model over a few dozen steps does
 not move at 1e-6. beta = 0 skips the reference forward (a third of a CPU step).
+A 135M model does not write the tags on its own (none in a probe of 8 rollouts), which
+leaves the format reward without signal, so responses start with "<safety_reasoning>"
+(rollout.response_prefix) and sampling runs at temperature 0.8.
 """
 
 from alphaalign_jax.config import base_config
@@ -18,6 +21,8 @@ def get_config():
     c.rollout.num_samples = 4
     c.rollout.max_prompt_len = 192
     c.rollout.max_new_tokens = 96
+    c.rollout.temperature = 0.8
+    c.rollout.response_prefix = "<safety_reasoning>"
     c.reward.helpfulness = "lm_judge"
     c.reward.rm_batch_size = 8
     c.reward.rm_max_len = 256
@@ -25,7 +30,7 @@ def get_config():
     c.algo.micro_batch_size = 4
     c.optim.learning_rate = 2e-5
     c.optim.warmup_steps = 2
-    c.train.steps = 30
+    c.train.steps = 20
     c.train.prompts_per_step = 4
     c.train.checkpoint_every = 5
     return c
