@@ -105,3 +105,21 @@ def batch_sharding(mesh: Mesh, ndim: int, batch_size: int | None = None) -> Name
     """Shard the leading (batch) axis over data x fsdp; other axes replicated."""
     shape = None if batch_size is None else (batch_size,) + (1,) * (ndim - 1)
     return named_sharding(mesh, ("batch",) + (None,) * (ndim - 1), shape)
+
+
+def to_host(tree):
+    """Device arrays to NumPy on every process.
+
+    On one host this is ``jax.device_get``. In a multi-host run a batch-sharded array
+    is not fully addressable from any one process, so it is all-gathered; every
+    process then holds the same values and runs the same host-side code (decoding,
+    rewards) on them.
+    """
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(one, tree)

@@ -320,7 +320,7 @@ class Trainer:
                                                               self.opt_state, update)
             if u == 0:
                 step_metrics = m
-        host = {k: float(v) for k, v in jax.device_get({**step_metrics, **metrics}).items()}
+        host = {k: float(v) for k, v in shd.to_host({**step_metrics, **metrics}).items()}
         if not host.pop("finite"):
             raise NonFiniteError(
                 f"step {self.step}: non-finite loss ({host['loss']}) or gradient norm "

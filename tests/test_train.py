@@ -169,3 +169,28 @@ def test_non_finite_gradient_is_not_applied():
                                      micro_batch_size=2))(params, opt_state, batch)
     assert not bool(metrics["finite"])
     jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, new_params))
+
+
+@pytest.mark.assets
+def test_trained_checkpoint_exports_to_transformers(uninterrupted, tmp_path):
+    import torch
+    import transformers
+
+    from alphaalign_jax import checkpoint
+    from tools.convert_checkpoint import orbax_to_hf
+
+    workdir, _ = uninterrupted
+    step_dir = workdir / "checkpoints" / "4"
+    out = orbax_to_hf(step_dir, tmp_path / "hf")
+    assert (out / "tokenizer.json").exists() and (out / "chat_template.jinja").exists()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    ours = checkpoint.load_model(step_dir)
+    ids = np.random.default_rng(0).integers(0, ours.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours(jnp.asarray(ids))), ref, atol=1e-4)
+    # the trained weights moved away from the initial policy
+    initial = transformers.AutoModelForCausalLM.from_pretrained(
+        checkpoint.read_model_config(step_dir)[1], dtype=torch.float32)
+    with torch.no_grad():
+        assert not np.allclose(initial(torch.tensor(ids)).logits.numpy(), ref, atol=1e-4)
