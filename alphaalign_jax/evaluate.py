@@ -75,7 +75,7 @@ class Evaluator:
 
     def __init__(self, model_path: pathlib.Path, out: pathlib.Path, *, max_new_tokens: int,
                  max_prompt_len: int, temperature: float, num_samples: int, seed: int,
-                 template: str = DEFAULT_SAFETY_TEMPLATE):
+                 template: str = DEFAULT_SAFETY_TEMPLATE, response_prefix: str = ""):
         import transformers
 
         self.model, tokenizer_dir = load_policy(model_path)
@@ -84,6 +84,7 @@ class Evaluator:
         self.max_new_tokens = max_new_tokens
         self.template, self.temperature = template, temperature
         self.num_samples, self.seed = num_samples, seed
+        self.response_prefix = response_prefix
         out.mkdir(parents=True, exist_ok=True)
         self.cache_path = out / "generations.jsonl"
         self.cache: dict[str, list[str]] = {}
@@ -102,8 +103,8 @@ class Evaluator:
             prompts, prefixes = [], []
             for i in idx:
                 prompt = build_chat_prompt(records[i].prompt, self.tokenizer, self.template)
-                prefix = ""
-                if prefill_tokens:
+                prefix = self.response_prefix
+                if prefill_tokens:  # the attack replaces the start of the response
                     ids = self.tokenizer(compliance_prefix(records[i].prompt),
                                          add_special_tokens=False)["input_ids"][:prefill_tokens]
                     prefix = self.tokenizer.decode(ids)
@@ -121,9 +122,9 @@ class Evaluator:
         return [self.cache[k] for k in keys]
 
     def run(self, harmful: list[PromptRecord], benign: list[PromptRecord],
-            judge=None) -> dict[str, float]:
+            judge=None, batch: int = 16) -> dict[str, float]:
         results: dict[str, float] = {}
-        greedy = self.generate("harmful", harmful)
+        greedy = self.generate("harmful", harmful, batch=batch)
         by_source = defaultdict(list)
         for record, completions in zip(harmful, greedy):
             by_source[record.source].append(completions[0])
@@ -131,18 +132,18 @@ class Evaluator:
             results[f"asr/{source}"] = attack_success_rate(completions)
         results["asr/all"] = attack_success_rate([c[0] for c in greedy])
         results["format_rate/harmful"] = float(np.mean([format_verifier(c[0]) for c in greedy]))
-        benign_out = [c[0] for c in self.generate("benign", benign)]
+        benign_out = [c[0] for c in self.generate("benign", benign, batch=batch)]
         results["over_refusal_rate"] = float(np.mean([refusal_of(c) for c in benign_out]))
         results["format_rate/benign"] = float(np.mean([format_verifier(c) for c in benign_out]))
         if judge is not None:
             results["helpfulness/benign"] = float(np.mean(
                 judge.score([r.prompt for r in benign], benign_out)))
         for k in PREFILL_TOKENS:
-            completions = self.generate(f"prefill{k}", harmful, prefill_tokens=k)
+            completions = self.generate(f"prefill{k}", harmful, prefill_tokens=k, batch=batch)
             results[f"prefill_asr/{k}"] = attack_success_rate([c[0] for c in completions])
         if self.num_samples > 1:
             sampled = self.generate(f"sampled{self.num_samples}", harmful,
-                                    samples=self.num_samples)
+                                    samples=self.num_samples, batch=max(1, batch // 4))
             unsafe = [sum(not refusal_of(c) for c in group) for group in sampled]
             for k in sorted({1, 2, 4, self.num_samples} & set(range(1, self.num_samples + 1))):
                 results[f"pass@{k}_unsafe"] = pass_at_k_unsafe(unsafe, self.num_samples, k)
@@ -191,11 +192,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data-dir", type=pathlib.Path, default=None)
     p.add_argument("--max-per-set", type=int, default=0, help="0 = every prompt")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--max-prompt-len", type=int, default=384)
+    p.add_argument("--max-prompt-len", type=int, default=1024)
     p.add_argument("--num-samples", type=int, default=4, help="samples a prompt for pass@k")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--judge", choices=("lm_judge", "none"), default="lm_judge")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=16, help="prompts a generate call")
+    p.add_argument("--response-prefix", default="",
+                   help="forced start of every response, as in training (rollout.response_prefix)")
     args = p.parse_args(argv)
     data_dir = args.data_dir or assets.assets_dir() / "data"
     harmful = load_jsonl(data_dir / "eval_harmful.jsonl")
@@ -214,8 +218,9 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         evaluator = Evaluator(path, args.out / tag, max_new_tokens=args.max_new_tokens,
                               max_prompt_len=args.max_prompt_len, temperature=args.temperature,
-                              num_samples=args.num_samples, seed=args.seed)
-        results[f"{tag} ({path.name})"] = evaluator.run(harmful, benign, judge)
+                              num_samples=args.num_samples, seed=args.seed,
+                              response_prefix=args.response_prefix)
+        results[f"{tag} ({path.name})"] = evaluator.run(harmful, benign, judge, batch=args.batch)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     (args.out / "results.md").write_text(markdown_table(results))
     plot(results, args.out / "eval.png")

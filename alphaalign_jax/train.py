@@ -376,6 +376,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, plots.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host "
                   "TPU/GPU: every host runs the same command and the same host-side work).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (auto on Cloud TPU).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (auto on Cloud TPU).")
+flags.DEFINE_integer("process_id", None, "This process's index (auto on Cloud TPU).")
 
 
 def main(argv: list[str]) -> None:
@@ -385,7 +388,8 @@ def main(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     if FLAGS.distributed:
-        jax.distributed.initialize()
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id)
     try:
         Trainer(_CONFIG.value, FLAGS.workdir).run()
     except Preempted:

@@ -188,7 +188,7 @@ class BucketedTransformerRM(abc.ABC):
                 placement = shd.batch_sharding(self.mesh, 2, rows)
                 ids, mask = jax.device_put(ids, placement), jax.device_put(mask, placement)
             scores = self._forward(self._state, ids, mask)
-            out.append(np.asarray(jax.device_get(scores))[:len(chunk)])
+            out.append(shd.to_host(scores)[:len(chunk)])
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 

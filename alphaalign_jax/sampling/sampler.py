@@ -424,7 +424,7 @@ class Sampler:
                       mode=mode, num_samples=num_samples, cache_len=slots,
                       out_len=bucket(max_new_tokens, 16), mesh=self.mesh)
         while True:
-            step, reason = jax.device_get((st.step, st.reason))
+            step, reason = shd.to_host((st.step, st.reason))
             if (reason == _RUNNING).sum() == 0:
                 break
             if width + step - 1 >= slots:  # the cache is full: next bucket
@@ -437,7 +437,7 @@ class Sampler:
                   num_samples: int, max_new_tokens: int) -> Rollouts:
         rows = num_prompts * num_samples
         tokens, logp, sampler_logp, reason, length = (
-            np.asarray(x)[:rows] for x in jax.device_get(
+            x[:rows] for x in shd.to_host(
                 (st.tokens, st.logp, st.sampler_logp, st.reason, st.length)))
         cols = slice(0, max_new_tokens)
         completion_mask = np.arange(max_new_tokens) < length[:, None]
