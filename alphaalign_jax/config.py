@@ -69,7 +69,6 @@ def base_config() -> ml_collections.ConfigDict:
         scale_by_std=True,
         num_updates=1,  # policy updates per rollout batch
         micro_batch_size=8,  # sequences per gradient micro-batch
-        dynamic_sampling=False,  # drop groups with all-equal rewards (no signal)
         logprob_chunk=128,
     )
     c.optim = dict(
