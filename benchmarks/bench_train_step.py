@@ -37,13 +37,14 @@ QUESTIONS = [
 
 def ours(args, workdir: pathlib.Path) -> list[float]:
 
+    from alphaalign_jax.config import base_config
     from alphaalign_jax.train import Trainer
-    from configs.smollm2_135m_cpu import get_config
 
     records = [PromptRecord(q, label, "bench", f"b{i}") for i, (label, q) in
                enumerate(QUESTIONS[:args.prompts])]
     write_jsonl(workdir / "prompts.jsonl", records)
-    c = get_config()
+    c = base_config()
+    c.rollout.max_prompt_len = 192
     c.data.train_file = str(workdir / "prompts.jsonl")
     c.data.harmful_fraction = 0.5
     c.rollout.num_samples = args.generations
@@ -53,7 +54,7 @@ def ours(args, workdir: pathlib.Path) -> list[float]:
     c.reward.helpfulness = "none"
     c.algo.beta = 0.04
     c.algo.name = "dapo"
-    c.algo.micro_batch_size = args.prompts * args.generations
+    c.algo.micro_batch_size = 8  # gradient accumulation over 4 micro-batches (exact)
     c.optim.learning_rate = 1e-6
     c.optim.warmup_steps = 0
     c.train.prompts_per_step = args.prompts
