@@ -16,6 +16,15 @@ only the ratio measured in one run. ``ms/step`` is wall time per generated posit
 (prefill included); ``1st call +`` is our first call's extra time (compilation);
 ``load`` is the 1-minute load average: torch's OpenMP slows down far more than
 XLA when other processes compete for the cores, so trust rows with load <= cores.
+
+``floor`` is the time of one jitted pass that multiplies a ``[rows, in]``
+activation by every weight matrix of the model once and does nothing else: any
+decode step must read every weight, so no sampler built on XLA's matmuls can
+step faster than this on the machine at hand (at batch 8 the weights, 540 MB
+in fp32, are streamed from memory). ``HF/3`` is the step time a 3x speed-up
+over HF would need; when it is below ``floor``, the only ways past it are
+fewer weight bytes (lower precision, which changes the model) or more than one
+token per weight read (speculative decoding).
 """
 
 from __future__ import annotations
@@ -25,8 +34,11 @@ import os
 import statistics
 import time
 
+import jax
+import jax.numpy as jnp
 import torch
 import transformers
+from flax import nnx
 
 from alphaalign_jax import assets
 from alphaalign_jax.models import from_pretrained
@@ -85,12 +97,31 @@ class HFSide:
 
 class OurSide:
     def __init__(self, hf_dir, tokenizer):
-        self.sampler = Sampler(from_pretrained(hf_dir), tokenizer)
+        self.model = from_pretrained(hf_dir)
+        self.sampler = Sampler(self.model, tokenizer)
 
     def __call__(self, prompts, new_tokens: int, num_samples: int, seed: int) -> int:
         out = self.sampler.generate(prompts, max_new_tokens=new_tokens, temperature=1.0,
                                     num_samples=num_samples, eos_token_ids=(), seed=seed)
         return int(out.lengths.sum())
+
+
+def weight_floor_seconds(model, rows: int, runs: int = 5) -> float:
+    """Median time of one jitted pass of ``[rows, in] @ W`` over every weight matrix ``W``."""
+    mats = [w for w in jax.tree.leaves(nnx.state(model, nnx.Param)) if w.ndim == 2]
+    x = jax.random.normal(jax.random.key(0), (rows, max(w.shape[0] for w in mats)))
+
+    @jax.jit
+    def stream(mats, x):
+        return sum((x[:, :w.shape[0]] @ w).sum() for w in mats)
+
+    stream(mats, x).block_until_ready()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        stream(mats, x).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def timed(fn, *args) -> tuple[float, int]:
@@ -117,10 +148,12 @@ def main() -> None:
     print(f"SmolLM2 rollouts, fp32, temperature 1, {threads} CPU threads (torch and XLA), "
           f"num_samples={args.num_samples}, median of {args.runs} after a warm-up")
     header = (f"{'rows x new':>12} | {'ours tok/s':>10} | {'HF tok/s':>9} | {'ratio':>6} | "
-              f"{'ours ms/step':>12} | {'HF ms/step':>10} | {'1st call +':>10} | load")
+              f"{'ours ms/step':>12} | {'HF ms/step':>10} | {'HF/3':>6} | {'floor':>6} | "
+              f"{'1st call +':>10} | load")
     print(header)
     print("-" * len(header))
     for rows in args.batch:
+        floor_ms = weight_floor_seconds(ours.model, rows) * 1e3
         prompts = prompts_for(rows, args.num_samples)
         for new_tokens in args.new_tokens:
             call = (prompts, new_tokens, args.num_samples)
@@ -139,7 +172,8 @@ def main() -> None:
             total = rows * new_tokens
             print(f"{rows:>5} x {new_tokens:<5}| {total / ours_s:>10.1f} | {total / hf_s:>9.1f} | "
                   f"{hf_s / ours_s:>5.2f}x | {ours_s / new_tokens * 1e3:>12.1f} | "
-                  f"{hf_s / new_tokens * 1e3:>10.1f} | {compile_s - ours_s:>8.1f} s | "
+                  f"{hf_s / new_tokens * 1e3:>10.1f} | {hf_s / new_tokens * 1e3 / 3:>6.1f} | "
+                  f"{floor_ms:>6.1f} | {compile_s - ours_s:>8.1f} s | "
                   f"{os.getloadavg()[0]:.1f}", flush=True)
 
 

@@ -160,7 +160,7 @@ class _Controls(NamedTuple):
 class _DecodeState(NamedTuple):
     """Everything the decode loop carries; N rows, L cache slots, C output columns."""
 
-    cache: KVCache  # [N, L, Hkv, D] per layer
+    cache: KVCache  # N rows, L slots (layout: see KVCache)
     kv_mask: Array  # [N, L] bool: slots holding a real token
     prompt_len: Array  # [N] int32: real prompt tokens (the first completion position)
     first_slot: Array  # [] int32: cache slot of completion token 0 (the prompt bucket)
@@ -182,13 +182,12 @@ def _constrain(st: _DecodeState, mesh: Mesh | None) -> _DecodeState:
     def rows(x: Array) -> Array:
         return jax.lax.with_sharding_constraint(x, shd.batch_sharding(mesh, x.ndim, x.shape[0]))
 
-    def slots(x: Array) -> Array:
-        spec = shd.named_sharding(mesh, ("batch", "cache_seq", "kv_heads", "head_dim"), x.shape)
-        return jax.lax.with_sharding_constraint(x, spec)
+    def slots(x: Array, axes: tuple[str, ...]) -> Array:
+        return jax.lax.with_sharding_constraint(x, shd.named_sharding(mesh, axes, x.shape))
 
     per_row = ("kv_mask", "prompt_len", "tokens", "logp", "sampler_logp", "reason", "length",
                "stop_buffer")
-    return st._replace(cache=jax.tree.map(slots, st.cache),
+    return st._replace(cache=st.cache.map_buffers(slots),
                        **{f: rows(getattr(st, f)) for f in per_row})
 
 
@@ -242,13 +241,14 @@ def _prefill(graphdef: nnx.GraphDef, params: nnx.State, ids: Array, mask: Array,
                                         cache_index=0)
     scaled = scaled_logits(hidden[:, -1], model.unembedding(), temperature=ctl.temperature)
 
-    def per_sample(x: Array, pad: int = 0) -> Array:
+    def per_sample(x: Array, pad: int = 0, slot_axis: int = 1) -> Array:
         x = jnp.repeat(x, num_samples, axis=0)
-        return jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)) if pad else x
+        return _pad_axis(x, slot_axis, pad)
 
     rows = batch * num_samples
     st = _DecodeState(
-        cache=jax.tree.map(lambda x: per_sample(x, cache_len - width), cache),
+        cache=cache.map_buffers(
+            lambda x, axes: per_sample(x, cache_len - width, axes.index("cache_seq"))),
         kv_mask=per_sample(mask, cache_len - width),
         prompt_len=per_sample(mask.sum(axis=-1).astype(jnp.int32)),
         first_slot=jnp.int32(width), step=jnp.int32(0),
@@ -281,9 +281,15 @@ def _grow(st: _DecodeState, *, slots: int, mesh: Mesh | None) -> _DecodeState:
     """Copy the cache into one with ``slots`` slots (the new ones empty and masked)."""
     _TRACES["grow"] += 1
     extra = slots - st.kv_mask.shape[1]
-    cache = jax.tree.map(lambda x: jnp.pad(x, ((0, 0), (0, extra), (0, 0), (0, 0))), st.cache)
-    return _constrain(st._replace(cache=cache, kv_mask=jnp.pad(st.kv_mask, ((0, 0), (0, extra)))),
-                      mesh)
+    cache = st.cache.map_buffers(lambda x, axes: _pad_axis(x, axes.index("cache_seq"), extra))
+    return _constrain(st._replace(cache=cache, kv_mask=_pad_axis(st.kv_mask, 1, extra)), mesh)
+
+
+def _pad_axis(x: Array, axis: int, extra: int) -> Array:
+    """``x`` with ``extra`` zeros appended along ``axis``."""
+    if not extra:
+        return x
+    return jnp.pad(x, [(0, extra if i == axis else 0) for i in range(x.ndim)])
 
 
 def default_eos_ids(model_config: ModelConfig, tokenizer: Any) -> tuple[int, ...]:
