@@ -124,7 +124,7 @@ def train_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
              jnp.zeros((), jnp.float32), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                                       aux_shape))
     (grads, loss_sum, count, aux), _ = jax.lax.scan(accumulate, zeros, micro)
-    grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
+    grads = jax.tree.map(lambda g: finalize(g, count), grads)
     loss = finalize(loss_sum, count)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -133,19 +133,12 @@ def train_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
     keep = functools.partial(jnp.where, finite)
     new_params = jax.tree.map(keep, new_params, params)
     new_opt_state = jax.tree.map(keep, new_opt_state, opt_state)
-    tokens = jnp.maximum(aux["token_count"], 1.0)
-    metrics = {
-        "loss": loss,
-        "grad_norm": grad_norm,
-        "finite": finite,
-        "pg_loss": aux["pg_loss_sum"] / tokens,
-        "clip_frac/low": aux["clip_low_sum"] / tokens,
-        "clip_frac/high": aux["clip_high_sum"] / tokens,
-        "ratio_mean": aux["ratio_sum"] / tokens,
-        "entropy": aux["entropy_sum"] / tokens,
-        "logprob_diff/sampler_vs_trainer": aux["logp_diff_sum"] / tokens,
-        "tokens": aux["token_count"],
-    }
-    if "kl_sum" in aux:
-        metrics["kl"] = aux["kl_sum"] / tokens
+    per_token = {"pg_loss": "pg_loss_sum", "clip_frac/low": "clip_low_sum",
+                 "clip_frac/high": "clip_high_sum", "ratio_mean": "ratio_sum",
+                 "entropy": "entropy_sum", "logprob_diff/sampler_vs_trainer": "logp_diff_sum",
+                 "kl": "kl_sum"}
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
+               "tokens": aux["token_count"],
+               **{name: finalize(aux[key], aux["token_count"])
+                  for name, key in per_token.items() if key in aux}}
     return new_params, new_opt_state, metrics
