@@ -90,7 +90,7 @@ def load_model(path: str | pathlib.Path, *, dtype: str | jnp.dtype = "float32",
     config, _ = read_model_config(path)
     if expect_config is not None and config != expect_config:
         raise CheckpointError(f"{path}: checkpoint is of a different model "
-                              f"({_config_diff(config, expect_config)})")
+                              f"({config_diff(config, expect_config)})")
     dtype = jnp.dtype(dtype)
     model = abstract_model(config, dtype, jnp.dtype(param_dtype or dtype))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -108,7 +108,8 @@ def load_model(path: str | pathlib.Path, *, dtype: str | jnp.dtype = "float32",
     return nnx.merge(graphdef, params, rest)
 
 
-def _config_diff(a: ModelConfig, b: ModelConfig) -> str:
+def config_diff(a: ModelConfig, b: ModelConfig) -> str:
+    """The architecture fields in which ``a`` and ``b`` differ, for error messages."""
     fields = [f for f in ("model_type", "vocab_size", "hidden_size", "intermediate_size",
                           "num_layers", "num_heads", "num_kv_heads", "head_dim",
                           "tie_word_embeddings", "rope")

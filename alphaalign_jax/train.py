@@ -38,11 +38,11 @@ from ml_collections import config_flags
 from alphaalign_jax import assets
 from alphaalign_jax import config as config_lib
 from alphaalign_jax import sharding as shd
-from alphaalign_jax.checkpoint import model_config_item
+from alphaalign_jax.checkpoint import config_diff, model_config_item
 from alphaalign_jax.data.pipeline import PromptSource
 from alphaalign_jax.data.records import PromptRecord, load_jsonl
 from alphaalign_jax.metrics import MetricsWriter
-from alphaalign_jax.models import from_pretrained, param_shardings
+from alphaalign_jax.models import CheckpointError, ModelConfig, from_pretrained
 from alphaalign_jax.rewards import (
     SafetyRewardConfig,
     build_chat_prompt,
@@ -225,8 +225,10 @@ class Trainer:
             train_state=ocp.args.JsonRestore()))
         stored = restored["model_config"]["hf_config"]
         if stored != self.model_config.hf_config:
-            raise ValueError(f"{self.workdir}/checkpoints/{step}: checkpoint is of a different "
-                             f"model than config.model.hf_dir={self.hf_dir}")
+            found = ModelConfig.from_hf_dict(stored, source=f"checkpoints/{step}/model_config")
+            raise CheckpointError(
+                f"{self.workdir}/checkpoints/{step}: checkpoint is of a different model than "
+                f"config.model.hf_dir={self.hf_dir} ({config_diff(found, self.model_config)})")
         nnx.replace_by_pure_dict(self.params, restored["params"])
         self.opt_state = restored["opt_state"]
         self.prompts.restore(restored["train_state"]["data"])

@@ -137,6 +137,27 @@ def test_config_validation_names_the_field():
         config_lib.validate(c)
 
 
+@pytest.mark.assets
+def test_resuming_with_another_model_is_refused_naming_the_field(tiny_setup, uninterrupted,
+                                                                  tmp_path):
+    import json
+    import shutil
+
+    policy, train_file = tiny_setup
+    workdir, _ = uninterrupted
+    other = shutil.copytree(policy, tmp_path / "other_policy")
+    config = json.loads((other / "config.json").read_text())
+    config["rope_parameters"]["rope_theta"] = 10000.0  # same shapes, different model
+    (other / "config.json").write_text(json.dumps(config))
+    run_dir = shutil.copytree(workdir, tmp_path / "run")
+    result = subprocess.run(
+        train_command(run_dir, tiny_overrides(other, train_file, steps=6)), cwd=REPO,
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "checkpoint is of a different model" in result.stderr
+    assert "rope:" in result.stderr and "100000.0" in result.stderr
+
+
 def test_unknown_config_field_fails_at_the_command_line(tmp_path):
     result = subprocess.run(train_command(tmp_path, ["--config.optim.lr=1e-5"]), cwd=REPO,
                             capture_output=True, text=True, timeout=300)
