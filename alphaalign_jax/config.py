@@ -85,7 +85,6 @@ def base_config() -> ml_collections.ConfigDict:
         steps=100,
         prompts_per_step=16,
         seed=0,
-        log_every=1,
         checkpoint_every=10,
         keep_checkpoints=3,
         async_checkpointing=True,
