@@ -35,7 +35,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import torch
 import transformers
 from flax import nnx

@@ -18,4 +18,4 @@ case "$workdir" in
   *) gcloud compute tpus tpu-vm scp --recurse "$TPU_NAME:$workdir/checkpoints/$step" \
        "$local_ckpt/" --zone="$ZONE" --project="$PROJECT" --worker=0 ;;
 esac
-python tools/convert_checkpoint.py orbax-to-hf "$local_ckpt/$step" "$out"
+python "$here/../convert_checkpoint.py" orbax-to-hf "$local_ckpt/$step" "$out"
