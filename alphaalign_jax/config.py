@@ -36,6 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
         seed=0,
     )
     c.template = DEFAULT_SAFETY_TEMPLATE
+    # A system turn before every templated query ("" = the chat template's default), e.g.
+    # rewards.WORKED_EXAMPLES_SYSTEM_PROMPT to bootstrap the format on a small policy.
+    c.system_prompt = ""
     c.rollout = dict(
         num_samples=8,  # rollouts per prompt (the group)
         max_prompt_len=256,
@@ -48,10 +51,18 @@ def base_config() -> ml_collections.ConfigDict:
         # scored): "<safety_reasoning>" bootstraps the format on models too small to follow
         # the instruction unaided. Off ("") for the paper's settings.
         response_prefix="",
+        # DAPO dynamic sampling: drop groups whose rewards are all equal (zero advantage) and
+        # generate more prompts, up to max_sampling_rounds generation rounds a step, each of
+        # ceil(oversample * train.prompts_per_step) prompts. A batch still short after the
+        # last round is filled with dropped groups, masked out of the loss.
+        dynamic_sampling=False,
+        max_sampling_rounds=3,
+        oversample=1.0,
     )
     c.reward = dict(
         r_format=0.5,
         r_answer=1.0,
+        format_shaping=0.0,  # partial format credit (rewards.SafetyRewardConfig); 0 = paper
         refusal_phrases=tuple(DEFAULT_REFUSAL_PHRASES),
         helpfulness="lm_judge",  # one of HELPFULNESS_BACKENDS
         rm_dir="",  # HF directory of the reward model; "" = the policy's own base model (judge)
@@ -115,6 +126,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(r.temperature > 0, "rollout.temperature", "must be > 0 (greedy rollouts give "
              "identical groups and no advantage)")
     _require(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+    _require(r.max_sampling_rounds >= 1, "rollout.max_sampling_rounds", "must be >= 1")
+    _require(r.oversample >= 1.0, "rollout.oversample", "must be >= 1")
+    _require(0.0 <= c.reward.format_shaping <= 1.0, "reward.format_shaping", "must be in [0, 1]")
     _require(r.top_k >= 0, "rollout.top_k", "must be >= 0 (0 disables)")
     _require(c.reward.helpfulness in HELPFULNESS_BACKENDS, "reward.helpfulness",
              f"'{c.reward.helpfulness}' is not one of {HELPFULNESS_BACKENDS}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 import signal
 import sys
@@ -43,19 +44,12 @@ from alphaalign_jax.data.pipeline import PromptSource
 from alphaalign_jax.data.records import PromptRecord, load_jsonl
 from alphaalign_jax.metrics import MetricsWriter
 from alphaalign_jax.models import CheckpointError, ModelConfig, from_pretrained
-from alphaalign_jax.rewards import (
-    SafetyRewardConfig,
-    build_chat_prompt,
-    helpfulness_reward,
-    reward_metrics,
-    score_groups,
-    total_reward,
-)
+from alphaalign_jax.rewards import AlphaAlignReward, RewardFn, SafetyRewardConfig, build_chat_prompt
 from alphaalign_jax.rewards.reward_models import make_reward_model
 from alphaalign_jax.rl.advantages import group_advantages
 from alphaalign_jax.rl.optim import make_optimizer
 from alphaalign_jax.rl.step import LossSettings, UpdateBatch, reference_logprobs, train_step
-from alphaalign_jax.sampling import Sampler
+from alphaalign_jax.sampling import Rollouts, Sampler
 
 FLAGS = flags.FLAGS
 
@@ -124,9 +118,14 @@ def optimizer_shardings(tx: optax.GradientTransformation, params: nnx.State, mes
 
 
 class Trainer:
-    """Owns the models, compiled functions, data and checkpoints of one run."""
+    """Owns the models, compiled functions, data and checkpoints of one run.
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+    ``reward_fn`` replaces the AlphaAlign reward (``rewards.RewardFn``: records and
+    completion texts in, [P, G] rewards and metrics out); then no reward model is built.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                 reward_fn: RewardFn | None = None):
         config_lib.apply_algorithm_presets(config)
         self.mesh = shd.make_mesh(dict(config.mesh))
         config_lib.validate(config, num_devices=self.mesh.size)
@@ -153,17 +152,13 @@ class Trainer:
             self.tx, self.params, self.mesh))(self.params)
         self.sampler = Sampler(policy, self.tokenizer, mesh=self.mesh,
                                max_prompt_len=c.rollout.max_prompt_len)
-        self.safety_cfg = SafetyRewardConfig(r_format=c.reward.r_format,
-                                             r_answer=c.reward.r_answer,
-                                             refusal_phrases=tuple(c.reward.refusal_phrases))
-        rm_kwargs = {} if c.reward.helpfulness == "none" else dict(
-            hf_dir=c.reward.rm_dir or self.hf_dir, mesh=self.mesh,
-            batch_size=c.reward.rm_batch_size, max_length=c.reward.rm_max_len)
-        self.reward_model = make_reward_model(c.reward.helpfulness, **rm_kwargs)
+        self.reward_fn = reward_fn or self._alphaalign_reward()
         train_file = pathlib.Path(c.data.train_file or assets.assets_dir() / "data" / "train.jsonl")
         records = load_jsonl(train_file, lenient=c.data.lenient)
-        self.prompts = BalancedPrompts.build(records, c.train.prompts_per_step,
-                                             c.data.harmful_fraction, c.data.seed)
+        round_size = (math.ceil(c.rollout.oversample * c.train.prompts_per_step)
+                      if c.rollout.dynamic_sampling else c.train.prompts_per_step)
+        self.prompts = BalancedPrompts.build(records, round_size, c.data.harmful_fraction,
+                                             c.data.seed)
         self._compile_train_step()
         self.step = 0
         self.checkpoints = ocp.CheckpointManager(
@@ -172,6 +167,18 @@ class Trainer:
                 max_to_keep=c.train.keep_checkpoints,
                 enable_async_checkpointing=c.train.async_checkpointing))
         self._stop_signal: int | None = None
+
+    def _alphaalign_reward(self) -> AlphaAlignReward:
+        r = self.config.reward
+        safety = SafetyRewardConfig(r_format=r.r_format, r_answer=r.r_answer,
+                                    refusal_phrases=tuple(r.refusal_phrases),
+                                    format_shaping=float(r.format_shaping))
+        rm_kwargs = {} if r.helpfulness == "none" else dict(
+            hf_dir=r.rm_dir or self.hf_dir, mesh=self.mesh, batch_size=r.rm_batch_size,
+            max_length=r.rm_max_len)
+        return AlphaAlignReward(safety, make_reward_model(r.helpfulness, **rm_kwargs),
+                                refusals_in_stats=r.refusals_in_stats,
+                                normalise_each=r.normalise_each)
 
     # ----------------------------------------------------------------- compile
     def _compile_train_step(self) -> None:
@@ -237,108 +244,144 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------------- a step
-    def _rewards(self, batch: list[PromptRecord], texts: list[list[str]]):
+    def _sample_round(self, records: list[PromptRecord], round_index: int):
+        """Rollouts of one prompt batch and their rewards: (rollouts, texts, [P, G], metrics)."""
         c = self.config
-        safety = score_groups([r.label for r in batch], texts, self.safety_cfg)
-        scores = np.zeros_like(safety.reward)
-        benign_rows = np.flatnonzero(safety.is_benign)
-        if len(benign_rows):
-            group = len(texts[0])
-            queries = [batch[i].prompt for i in benign_rows for _ in range(group)]
-            answers = [t for i in benign_rows for t in texts[i]]
-            scores[benign_rows] = np.asarray(
-                self.reward_model.score(queries, answers)).reshape(len(benign_rows), group)
-        is_refusal = jnp.asarray(safety.refusal > 0)
-        is_benign = jnp.asarray(safety.is_benign)
-        helpful = helpfulness_reward(jnp.asarray(scores), is_refusal, is_benign,
-                                     refusals_in_stats=c.reward.refusals_in_stats)
-        total = total_reward(jnp.asarray(safety.reward), helpful, is_benign,
-                             normalise_each=c.reward.normalise_each)
-        metrics = reward_metrics(jnp.asarray(safety.format), jnp.asarray(safety.refusal),
-                                 jnp.asarray(safety.reward), helpful, total, is_benign)
-        metrics = {f"reward/{k}" if not k.startswith(("reward/", "count/")) else k: v
-                   for k, v in metrics.items()}
-        metrics["reward/total"] = total.mean()
-        metrics["reward/rm_score_benign"] = (scores[benign_rows].mean() if len(benign_rows)
-                                             else 0.0)
-        return total, metrics
-
-    def _fixed_width(self, rollouts) -> tuple[np.ndarray, np.ndarray]:
-        """Left-pad prompts to ``max_prompt_len`` so the update compiles once per run."""
-        width = self.config.rollout.max_prompt_len
-        pad = width - rollouts.prompt_ids.shape[1]
-        prompt_ids = np.pad(rollouts.prompt_ids, ((0, 0), (pad, 0)))
-        prompt_mask = np.pad(rollouts.prompt_mask, ((0, 0), (pad, 0)))
-        return (np.concatenate([prompt_ids, rollouts.completion_ids], axis=1).astype(np.int32),
-                np.concatenate([prompt_mask, rollouts.completion_mask], axis=1).astype(bool))
-
-    def _log_samples(self, batch: list[PromptRecord], texts: list[list[str]],
-                     total: np.ndarray) -> None:
-        if jax.process_index() != 0:
-            return
-        with open(self.workdir / "samples.jsonl", "a") as f:
-            for i in range(min(self.config.train.log_samples, len(batch))):
-                f.write(json.dumps({"step": self.step + 1, "label": batch[i].label,
-                                    "prompt": batch[i].prompt, "completion": texts[i][0],
-                                    "reward": float(total[i, 0])}) + "\n")
-
-    def train_one_step(self) -> dict[str, float]:
-        c = self.config
-        start = time.perf_counter()
-        batch = self.prompts.next()
         prefix = c.rollout.response_prefix
-        prompts = [build_chat_prompt(r.prompt, self.tokenizer, c.template) + prefix
-                   for r in batch]
+        prompts = [build_chat_prompt(r.prompt, self.tokenizer, c.template, c.system_prompt)
+                   + prefix for r in records]
+        # The RNG is a function of (seed, step, round), so a resumed run samples alike.
+        seed = int(c.train.seed) * 1_000_003 + self.step
+        if round_index:
+            seed = int(np.random.SeedSequence([seed, round_index]).generate_state(1)[0] >> 1)
         t0 = time.perf_counter()
         rollouts = self.sampler.generate(
             prompts, max_new_tokens=c.rollout.max_new_tokens, num_samples=c.rollout.num_samples,
             temperature=c.rollout.temperature, top_p=c.rollout.top_p, top_k=c.rollout.top_k,
-            seed=int(c.train.seed) * 1_000_003 + self.step,
-            stop_strings=tuple(c.rollout.stop_strings),
+            seed=seed, stop_strings=tuple(c.rollout.stop_strings),
             state=nnx.state(nnx.merge(self.graphdef, self.params, self.rest)))
-        rollout_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
         group = c.rollout.num_samples
         texts = [[prefix + t for t in rollouts.texts[i * group:(i + 1) * group]]
-                 for i in range(len(batch))]
-        total, metrics = self._rewards(batch, texts)
-        self._log_samples(batch, texts, np.asarray(total))
-        advantages = group_advantages(total, scale_by_std=c.algo.scale_by_std).reshape(-1)
-        tokens, attention = self._fixed_width(rollouts)
+                 for i in range(len(records))]
+        rewards, metrics = self.reward_fn(records, texts)
+        rewards = np.asarray(rewards, np.float32)
+        if rewards.shape != (len(records), group):
+            raise ValueError(f"reward_fn returned shape {rewards.shape}, expected "
+                             f"{(len(records), group)} (prompts, rollouts per prompt)")
+        timing = {"time/rollout_s": t1 - t0, "time/reward_s": time.perf_counter() - t1}
+        return rollouts, texts, rewards, metrics, timing
+
+    def _collect(self):
+        """This step's groups: one sampling round, or with dynamic sampling, rounds until
+        ``prompts_per_step`` groups have reward variance (filled up with masked-out groups
+        when the round budget runs out). Metrics average over every round sampled."""
+        c = self.config
+        group, want = c.rollout.num_samples, c.train.prompts_per_step
+        dynamic = c.rollout.dynamic_sampling
+        kept, dropped, per_round = [], [], []
+        timing = {"time/rollout_s": 0.0, "time/reward_s": 0.0}
+        generated = []
+        for round_index in range(c.rollout.max_sampling_rounds if dynamic else 1):
+            records = self.prompts.next()
+            rollouts, texts, rewards, metrics, t = self._sample_round(records, round_index)
+            generated.append(rollouts)
+            per_round.append(metrics)
+            timing = {k: timing[k] + t[k] for k in timing}
+            for p, record in enumerate(records):
+                part = (record, rollouts.take(range(p * group, (p + 1) * group)), texts[p],
+                        rewards[p])
+                (kept if not dynamic or np.ptp(rewards[p]) > 0 else dropped).append(part)
+            if len(kept) >= want:
+                break
+        filler = max(0, want - len(kept))
+        groups = kept[:want] + dropped[:filler]
+        metrics = {k: float(np.mean([m[k] for m in per_round])) for k in per_round[0]}
+        every = Rollouts.concat(generated)
+        metrics.update(timing)
+        metrics.update({
+            "response_length/mean": float(every.lengths.mean()),
+            "response_length/max": float(every.lengths.max()),
+            "stop/length_frac": float(np.mean([r == "length" for r in every.stop_reasons])),
+            "rollout/tokens_per_s": float(every.lengths.sum() / max(timing["time/rollout_s"],
+                                                                   1e-9)),
+        })
+        if dynamic:
+            metrics.update({"dynamic/rounds": len(per_round),
+                            "dynamic/groups_kept": min(len(kept), want),
+                            "dynamic/groups_dropped": len(dropped),
+                            "dynamic/filler_groups": filler,
+                            "dynamic/extra_rollouts": (len(per_round) - 1) * len(records) * group})
+        return groups, filler, metrics
+
+    def _log_samples(self, groups) -> None:
+        if jax.process_index() != 0:
+            return
+        with open(self.workdir / "samples.jsonl", "a") as f:
+            for record, _, texts, rewards in groups[:self.config.train.log_samples]:
+                f.write(json.dumps({"step": self.step + 1, "label": record.label,
+                                    "prompt": record.prompt, "completion": texts[0],
+                                    "reward": float(rewards[0])}) + "\n")
+
+    def _update_batch(self, rollouts: Rollouts, advantages: np.ndarray,
+                      loss_rows: np.ndarray) -> UpdateBatch:
+        """Device arrays for the update. The prompt width is the sampler's bucket (a few
+        static widths, each compiled once), not ``max_prompt_len``; rows outside
+        ``loss_rows`` (dynamic-sampling filler) are masked out of the loss."""
+        tokens, attention = rollouts.sequences()
         rows = tokens.shape[0]
         sharding = shd.batch_sharding(self.mesh, 2, rows)
-        tokens, attention = jax.device_put((tokens, attention), sharding)
-        completion_mask = jax.device_put(rollouts.completion_mask.astype(np.float32), sharding)
-        old_logp = jax.device_put(rollouts.logprobs.astype(np.float32), sharding)
+        completion_mask = rollouts.completion_mask & loss_rows[:, None]
+        tokens, attention, completion_mask, old_logp = jax.device_put(
+            (tokens.astype(np.int32), attention.astype(bool), completion_mask.astype(np.float32),
+             rollouts.logprobs.astype(np.float32)), sharding)
         if self.ref_params is not None:
             ref_logp = self._ref_logprobs(self.ref_params, self.rest, tokens, attention)
         else:
             ref_logp = jnp.zeros_like(old_logp)
-        update = UpdateBatch(tokens, attention, completion_mask, old_logp, ref_logp,
-                             jax.device_put(advantages.astype(jnp.float32),
-                                            shd.batch_sharding(self.mesh, 1, rows)))
+        return UpdateBatch(tokens, attention, completion_mask, old_logp, ref_logp,
+                           jax.device_put(advantages.astype(np.float32),
+                                          shd.batch_sharding(self.mesh, 1, rows)))
+
+    def train_one_step(self) -> dict[str, float]:
+        c = self.config
+        start = time.perf_counter()
+        groups, filler, metrics = self._collect()
+        self._log_samples(groups)
+        rewards = np.stack([g[3] for g in groups])
+        advantages = np.asarray(group_advantages(rewards, scale_by_std=c.algo.scale_by_std))
+        rollouts = Rollouts.concat([g[1] for g in groups])
+        group = c.rollout.num_samples
+        loss_rows = np.arange(len(groups) * group) < (len(groups) - filler) * group
+        t0 = time.perf_counter()
+        update = self._update_batch(rollouts, advantages.reshape(-1), loss_rows)
+        jax.block_until_ready(update.ref_logp)
+        t1 = time.perf_counter()
         step_metrics = {}
         for u in range(c.algo.num_updates):
             self.params, self.opt_state, m = self._train_step(self.params, self.rest,
                                                               self.opt_state, update)
             if u == 0:
                 step_metrics = m
-        host = {k: float(v) for k, v in shd.to_host({**step_metrics, **metrics}).items()}
+        host = {k: float(v) for k, v in shd.to_host(step_metrics).items()}
+        t2 = time.perf_counter()
         if not host.pop("finite"):
             raise NonFiniteError(
                 f"step {self.step}: non-finite loss ({host['loss']}) or gradient norm "
                 f"({host['grad_norm']}); the update was not applied and no checkpoint was "
                 f"written (latest good checkpoint: step {self.checkpoints.latest_step()})")
-        lengths = np.asarray(rollouts.lengths)
+        host.update(metrics)
         host.update({
-            "response_length/mean": float(lengths.mean()),
-            "response_length/max": float(lengths.max()),
-            "stop/length_frac": float(np.mean([r == "length" for r in rollouts.stop_reasons])),
-            "rollout/tokens_per_s": float(lengths.sum() / max(rollout_s, 1e-9)),
-            "time/rollout_s": rollout_s,
+            "time/reference_s": t1 - t0,
+            "time/update_s": t2 - t1,
             "time/step_s": time.perf_counter() - start,
+            "update/prompt_width": float(rollouts.prompt_ids.shape[1]),
             "lr": float(self.lr_schedule(self.step * c.algo.num_updates)),
             "compiles/train_step": self.train_step_traces,
         })
+        host["time/host_s"] = host["time/step_s"] - sum(
+            host[k] for k in ("time/rollout_s", "time/reward_s", "time/reference_s",
+                              "time/update_s"))
         self.step += 1
         return host
 
@@ -357,13 +400,15 @@ class Trainer:
         try:
             while self.step < c.train.steps:
                 metrics = self.train_one_step()
-                if writer is not None:
-                    writer.write(self.step, metrics)
                 preempted = (self._stop_signal is not None
                              or self.checkpoints.reached_preemption(self.step))
+                t0 = time.perf_counter()
                 if self.step % c.train.checkpoint_every == 0 or preempted or \
                         self.step == c.train.steps:
                     self.save(force=preempted)
+                metrics["time/checkpoint_s"] = time.perf_counter() - t0  # async: the blocking part
+                if writer is not None:
+                    writer.write(self.step, metrics)
                 if preempted:
                     raise Preempted()
         finally:

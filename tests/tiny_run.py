@@ -27,13 +27,15 @@ PROMPTS = [
 ]
 
 
-def make_tiny_policy(out: pathlib.Path, tokenizer_dir: pathlib.Path, seed: int = 0) -> pathlib.Path:
+def make_tiny_policy(out: pathlib.Path, tokenizer_dir: pathlib.Path, seed: int = 0,
+                     init_std: float = 0.02) -> pathlib.Path:
     tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     config = transformers.LlamaConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
         rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        initializer_range=init_std)
     torch.manual_seed(seed)
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(out)
     for name in TOKENIZER_FILES:

@@ -6,6 +6,7 @@ from alphaalign_jax.rewards.combine import (
     reward_metrics,
     total_reward,
 )
+from alphaalign_jax.rewards.reward_fn import AlphaAlignReward, RewardFn
 from alphaalign_jax.rewards.safety import (
     LABELS,
     SafetyBatch,
@@ -16,6 +17,7 @@ from alphaalign_jax.rewards.safety import (
 )
 from alphaalign_jax.rewards.template import (
     DEFAULT_SAFETY_TEMPLATE,
+    WORKED_EXAMPLES_SYSTEM_PROMPT,
     apply_template,
     build_chat_prompt,
 )
@@ -23,6 +25,7 @@ from alphaalign_jax.rewards.verifiers import (
     DEFAULT_REFUSAL_PHRASES,
     extract_answer,
     extract_boxed,
+    format_progress,
     format_verifier,
     is_refusal,
     refusal_verifier,
@@ -30,6 +33,10 @@ from alphaalign_jax.rewards.verifiers import (
 )
 
 __all__ = [
+    "AlphaAlignReward",
+    "RewardFn",
+    "WORKED_EXAMPLES_SYSTEM_PROMPT",
+    "format_progress",
     "DEFAULT_REFUSAL_PHRASES",
     "DEFAULT_SAFETY_TEMPLATE",
     "LABELS",

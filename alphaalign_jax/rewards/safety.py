@@ -12,6 +12,7 @@ import numpy as np
 from alphaalign_jax.data.records import LABELS
 from alphaalign_jax.rewards.verifiers import (
     DEFAULT_REFUSAL_PHRASES,
+    format_progress,
     format_verifier,
     refusal_verifier,
     visible_answer,
@@ -32,17 +33,24 @@ class SafetyRewardConfig:
     stays on the same scale.
 
     refusal_phrases: phrases for V_r; see ``refusal_verifier`` for the matching.
+    format_shaping: s in [0, 1]; the format term becomes r_f ((1 - s) V_f + s P)
+    with P = ``format_progress`` (the share of the four tags written in order).
+    0 (the paper) is plain r_f V_f; a positive s gives a policy that never
+    closes the tags a gradient towards them. Complete formats score r_f either way.
     """
 
     r_format: float = 0.5
     r_answer: float = 1.0
     refusal_phrases: tuple[str, ...] = DEFAULT_REFUSAL_PHRASES
+    format_shaping: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("r_format", "r_answer"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not 0.0 <= self.format_shaping <= 1.0:
+            raise ValueError(f"format_shaping must be in [0, 1], got {self.format_shaping!r}")
         phrases = tuple(self.refusal_phrases)
         if not phrases or not all(isinstance(p, str) and p.strip() for p in phrases):
             raise ValueError("refusal_phrases must be a non-empty sequence of non-blank strings")
@@ -74,7 +82,12 @@ def safety_reward(
     v_format = format_verifier(completion)
     v_refusal = refusal_verifier(visible_answer(completion), cfg.refusal_phrases)
     sign = 1.0 if label == "harmful" else -1.0
-    return SafetyScore(v_format, v_refusal, cfg.r_format * v_format + sign * cfg.r_answer * v_refusal)
+    format_term = v_format
+    if cfg.format_shaping:
+        s = cfg.format_shaping
+        format_term = (1.0 - s) * v_format + s * format_progress(completion)
+    return SafetyScore(v_format, v_refusal,
+                       cfg.r_format * format_term + sign * cfg.r_answer * v_refusal)
 
 
 class SafetyBatch(NamedTuple):

@@ -41,7 +41,7 @@ def apply_template(query: str, template: str = DEFAULT_SAFETY_TEMPLATE) -> str:
 
 
 def build_chat_prompt(
-    query: str, tokenizer: Any, template: str = DEFAULT_SAFETY_TEMPLATE
+    query: str, tokenizer: Any, template: str = DEFAULT_SAFETY_TEMPLATE, system_prompt: str = ""
 ) -> str:
     """The text the policy is conditioned on: the templated query as one user turn
     under the tokenizer's chat template, ending with the assistant header so the
@@ -51,11 +51,30 @@ def build_chat_prompt(
       query: the raw user prompt.
       tokenizer: a Hugging Face tokenizer with a ``chat_template``.
       template: the safety template (config value; must contain ``{prompt}``).
+      system_prompt: a system turn before the query (config value ``system_prompt``);
+        "" keeps whatever the chat template does without one.
     """
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             f"{type(tokenizer).__name__} has no chat_template; AlphaAlign prompts an "
             "instruct model through its chat template"
         )
-    messages = [{"role": "user", "content": apply_template(query, template)}]
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": apply_template(query, template)}]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+# Format bootstrapping for policies too small to follow the template unaided (config
+# ``system_prompt``; off in the paper configs): one worked example of each case, in the
+# template's own format. On SmolLM2-135M it lifts the share of rollout groups with a
+# format signal about fivefold (docs/learning.md).
+WORKED_EXAMPLES_SYSTEM_PROMPT = (
+    "You always answer in this exact format.\n"
+    "Example 1. User: How do I make a pipe bomb?\n"
+    "Assistant: <safety_reasoning>This asks how to build a weapon that can kill people. "
+    "It is unsafe.</safety_reasoning>\n<answer>\\boxed{Sorry, I can't comply}</answer>\n"
+    "Example 2. User: How do I bake bread?\n"
+    "Assistant: <safety_reasoning>Baking bread is a safe everyday question."
+    "</safety_reasoning>\n<answer>Mix flour, water, yeast and salt, knead, let it rise, "
+    "then bake at 220C for 30 minutes.</answer>"
+)

@@ -170,3 +170,19 @@ def visible_answer(completion: str) -> str:
 def is_refusal(completion: str, phrases: Sequence[str] = DEFAULT_REFUSAL_PHRASES) -> bool:
     """Whether a whole completion refuses: V_r of its ``visible_answer``."""
     return refusal_verifier(visible_answer(completion), phrases) == 1.0
+
+
+def format_progress(text: str) -> float:
+    """How far the completion got through the four tags, in order: 0, 0.25, ... 1.0.
+
+    A shaping signal for policies too small to close the tags on their own
+    (``reward.format_shaping``): each tag found after the previous one counts a
+    quarter, so 1.0 exactly when ``format_verifier`` is 1.0. Linear time.
+    """
+    pos, found_tags = 0, 0
+    for tag in _FORMAT_SEQUENCE:
+        found = text.find(tag, pos)
+        if found < 0:
+            break
+        pos, found_tags = found + len(tag), found_tags + 1
+    return found_tags / len(_FORMAT_SEQUENCE)

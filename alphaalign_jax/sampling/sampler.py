@@ -137,6 +137,34 @@ class Rollouts:
     def __iter__(self) -> Iterator[Rollout]:
         return (self[i] for i in range(len(self)))
 
+    def take(self, rows: Sequence[int]) -> Rollouts:
+        """The rollouts at ``rows``, in that order (``prompt_index`` kept as it was)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return dataclasses.replace(
+            self, prompt_ids=self.prompt_ids[rows], prompt_mask=self.prompt_mask[rows],
+            completion_ids=self.completion_ids[rows], completion_mask=self.completion_mask[rows],
+            logprobs=self.logprobs[rows], sampler_logprobs=self.sampler_logprobs[rows],
+            lengths=self.lengths[rows], stop_reasons=tuple(self.stop_reasons[i] for i in rows),
+            texts=tuple(self.texts[i] for i in rows), prompt_index=self.prompt_index[rows])
+
+    @staticmethod
+    def concat(parts: Sequence[Rollouts]) -> Rollouts:
+        """Rows of several batches (same ``max_new_tokens``), prompts left-padded to the widest."""
+        width = max(p.prompt_ids.shape[1] for p in parts)
+
+        def left_pad(x: np.ndarray) -> np.ndarray:
+            return np.pad(x, ((0, 0), (width - x.shape[1], 0)))
+
+        def cat(name: str, fn=lambda x: x) -> np.ndarray:
+            return np.concatenate([fn(getattr(p, name)) for p in parts])
+
+        return Rollouts(
+            prompt_ids=cat("prompt_ids", left_pad), prompt_mask=cat("prompt_mask", left_pad),
+            completion_ids=cat("completion_ids"), completion_mask=cat("completion_mask"),
+            logprobs=cat("logprobs"), sampler_logprobs=cat("sampler_logprobs"),
+            lengths=cat("lengths"), stop_reasons=sum((p.stop_reasons for p in parts), ()),
+            texts=sum((p.texts for p in parts), ()), prompt_index=cat("prompt_index"))
+
     def sequences(self) -> tuple[np.ndarray, np.ndarray]:
         """``(tokens [R, P + C], attention_mask [R, P + C])`` for teacher forcing.
 

@@ -1,0 +1,69 @@
+"""The trainer's reward seam: a function of (prompt records, completion texts).
+
+The trainer only ever calls ``reward_fn(records, texts)`` and gets back one
+scalar reward per rollout ([P, G]) and a dict of metrics, so any verifiable
+reward plugs in (the learnability test uses a toy one). :class:`AlphaAlignReward`
+is the method's reward: R_s from the verifiers, plus R_h from a reward model on
+benign prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import jax.numpy as jnp
+import numpy as np
+
+from alphaalign_jax.data.records import PromptRecord
+from alphaalign_jax.rewards.combine import helpfulness_reward, reward_metrics, total_reward
+from alphaalign_jax.rewards.safety import SafetyRewardConfig, score_groups
+
+
+class RewardFn(Protocol):
+    """Rewards of G rollouts for each of P prompts."""
+
+    def __call__(self, records: Sequence[PromptRecord], texts: Sequence[Sequence[str]]
+                 ) -> tuple[np.ndarray, dict[str, float]]:
+        """``texts[p][g]`` is rollout g of prompt p, as scored (response prefix included).
+
+        Returns ([P, G] float32 rewards, metrics to log: name -> scalar).
+        """
+        ...
+
+
+class AlphaAlignReward:
+    """R_s (harmful) and R_s + R_h (benign), with per-class metrics under ``reward/``."""
+
+    def __init__(self, safety: SafetyRewardConfig, reward_model: Any, *,
+                 refusals_in_stats: bool = True, normalise_each: bool = False):
+        self.safety = safety
+        self.reward_model = reward_model  # .score(prompts, answers) -> [N], or None
+        self.refusals_in_stats = refusals_in_stats
+        self.normalise_each = normalise_each
+
+    def __call__(self, records: Sequence[PromptRecord], texts: Sequence[Sequence[str]]
+                 ) -> tuple[np.ndarray, dict[str, float]]:
+        safety = score_groups([r.label for r in records], texts, self.safety)
+        scores = np.zeros_like(safety.reward)
+        benign_rows = np.flatnonzero(safety.is_benign)
+        if len(benign_rows) and self.reward_model is not None:
+            group = len(texts[0])
+            queries = [records[i].prompt for i in benign_rows for _ in range(group)]
+            answers = [t for i in benign_rows for t in texts[i]]
+            scores[benign_rows] = np.asarray(
+                self.reward_model.score(queries, answers)).reshape(len(benign_rows), group)
+        is_refusal = jnp.asarray(safety.refusal > 0)
+        is_benign = jnp.asarray(safety.is_benign)
+        helpful = helpfulness_reward(jnp.asarray(scores), is_refusal, is_benign,
+                                     refusals_in_stats=self.refusals_in_stats)
+        total = total_reward(jnp.asarray(safety.reward), helpful, is_benign,
+                             normalise_each=self.normalise_each)
+        metrics = reward_metrics(jnp.asarray(safety.format), jnp.asarray(safety.refusal),
+                                 jnp.asarray(safety.reward), helpful, total, is_benign)
+        metrics = {k if k.startswith(("reward/", "count/")) else f"reward/{k}": float(v)
+                   for k, v in metrics.items()}
+        metrics["reward/total"] = float(total.mean())
+        metrics["reward/rm_score_benign"] = (float(scores[benign_rows].mean())
+                                             if len(benign_rows) else 0.0)
+        return np.asarray(total, np.float32), metrics
