@@ -143,6 +143,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(t.prompts_per_step >= 1, "train.prompts_per_step", "must be >= 1")
     _require(a.micro_batch_size >= 1 and batch % a.micro_batch_size == 0, "algo.micro_batch_size",
              f"must divide prompts_per_step * num_samples = {batch}")
+    _require(a.micro_batch_size % r.num_samples == 0, "algo.micro_batch_size",
+             f"must hold whole groups: a multiple of rollout.num_samples = {r.num_samples} "
+             f"(each prompt is computed once for its group)")
     _require(a.micro_batch_size % num_devices == 0 or num_devices % a.micro_batch_size == 0,
              "algo.micro_batch_size", f"must be a multiple of the {num_devices} devices")
     _require(t.steps >= 1, "train.steps", "must be >= 1")

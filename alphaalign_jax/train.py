@@ -188,7 +188,8 @@ class Trainer:
             clip_low=float(c.algo.clip_low), clip_high=float(c.algo.clip_high),
             beta=float(c.algo.beta), aggregation=c.algo.aggregation,
             max_completion_len=int(c.rollout.max_new_tokens),
-            temperature=float(c.rollout.temperature), logprob_chunk=int(c.algo.logprob_chunk))
+            temperature=float(c.rollout.temperature), logprob_chunk=int(c.algo.logprob_chunk),
+            group_size=int(c.rollout.num_samples))
 
         def step_fn(params, rest, opt_state, batch):
             self.train_step_traces += 1  # runs at trace time only: counts compilations
@@ -200,10 +201,10 @@ class Trainer:
         self._train_step = jax.jit(step_fn, donate_argnums=(0, 2),
                                    out_shardings=(param_sh, opt_sh, shd.replicated(self.mesh)))
         self._ref_logprobs = jax.jit(
-            lambda ref, rest, tokens, mask: reference_logprobs(
-                self.graphdef, ref, rest, tokens, mask,
-                completion_len=int(c.rollout.max_new_tokens),
-                micro_batch_size=c.algo.micro_batch_size, temperature=settings.temperature,
+            lambda ref, rest, batch: reference_logprobs(
+                self.graphdef, ref, rest, batch,
+                prompts_per_micro=c.algo.micro_batch_size // c.rollout.num_samples,
+                group_size=c.rollout.num_samples, temperature=settings.temperature,
                 chunk=settings.logprob_chunk))
 
     # -------------------------------------------------------------- checkpoints
@@ -325,23 +326,27 @@ class Trainer:
 
     def _update_batch(self, rollouts: Rollouts, advantages: np.ndarray,
                       loss_rows: np.ndarray) -> UpdateBatch:
-        """Device arrays for the update. The prompt width is the sampler's bucket (a few
-        static widths, each compiled once), not ``max_prompt_len``; rows outside
+        """Device arrays for the update: each group's prompt once, at the sampler's bucketed
+        width (a few static widths, each compiled once), not ``max_prompt_len``; rows outside
         ``loss_rows`` (dynamic-sampling filler) are masked out of the loss."""
-        tokens, attention = rollouts.sequences()
-        rows = tokens.shape[0]
-        sharding = shd.batch_sharding(self.mesh, 2, rows)
-        completion_mask = rollouts.completion_mask & loss_rows[:, None]
-        tokens, attention, completion_mask, old_logp = jax.device_put(
-            (tokens.astype(np.int32), attention.astype(bool), completion_mask.astype(np.float32),
-             rollouts.logprobs.astype(np.float32)), sharding)
+        group = self.config.rollout.num_samples
+        rows = len(rollouts)
+        per_prompt = shd.batch_sharding(self.mesh, 2, rows // group)
+        per_row = shd.batch_sharding(self.mesh, 2, rows)
+        prompt_ids, prompt_mask = jax.device_put(
+            (rollouts.prompt_ids[::group].astype(np.int32),
+             rollouts.prompt_mask[::group].astype(bool)), per_prompt)
+        completion_ids, completion_mask, old_logp = jax.device_put(
+            (rollouts.completion_ids.astype(np.int32),
+             (rollouts.completion_mask & loss_rows[:, None]).astype(np.float32),
+             rollouts.logprobs.astype(np.float32)), per_row)
+        batch = UpdateBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, old_logp,
+                            jnp.zeros_like(old_logp),
+                            jax.device_put(advantages.astype(np.float32),
+                                           shd.batch_sharding(self.mesh, 1, rows)))
         if self.ref_params is not None:
-            ref_logp = self._ref_logprobs(self.ref_params, self.rest, tokens, attention)
-        else:
-            ref_logp = jnp.zeros_like(old_logp)
-        return UpdateBatch(tokens, attention, completion_mask, old_logp, ref_logp,
-                           jax.device_put(advantages.astype(np.float32),
-                                          shd.batch_sharding(self.mesh, 1, rows)))
+            batch = batch._replace(ref_logp=self._ref_logprobs(self.ref_params, self.rest, batch))
+        return batch
 
     def train_one_step(self) -> dict[str, float]:
         c = self.config

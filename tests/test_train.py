@@ -179,11 +179,11 @@ def test_non_finite_gradient_is_not_applied():
     tx = optax.adam(1e-2)
     opt_state = tx.init(params)
     b, p, c = 2, 3, 4
-    tokens = jnp.ones((b, p + c), jnp.int32)
     old = jnp.zeros((b, c)).at[0, 1].set(jnp.nan)
-    batch = UpdateBatch(tokens, jnp.ones((b, p + c), bool), jnp.ones((b, c)), old,
-                        jnp.zeros((b, c)), jnp.ones((b,)))
-    settings = LossSettings(0.2, 0.2, 0.0, "token_mean", c, 1.0, 2)
+    batch = UpdateBatch(jnp.ones((1, p), jnp.int32), jnp.ones((1, p), bool),
+                        jnp.ones((b, c), jnp.int32), jnp.ones((b, c)), old, jnp.zeros((b, c)),
+                        jnp.ones((b,)))
+    settings = LossSettings(0.2, 0.2, 0.0, "token_mean", c, 1.0, 2, group_size=2)
     before = jax.tree.map(np.asarray, params)
     new_params, _, metrics = jax.jit(
         lambda pr, o, bt: train_step(graphdef, pr, rest, o, bt, tx=tx, settings=settings,

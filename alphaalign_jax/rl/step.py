@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from alphaalign_jax.models.transformer import default_positions, init_cache
 from alphaalign_jax.rl.logprobs import token_logprobs
 from alphaalign_jax.rl.losses import finalize, grpo_loss
 
@@ -24,18 +25,21 @@ Array = jax.Array
 
 
 class UpdateBatch(NamedTuple):
-    """One rollout batch laid out for teacher forcing.
+    """One rollout batch of P prompts x G rollouts, laid out for teacher forcing.
 
-    ``tokens`` is the left-padded prompt (``prompt_len`` columns) followed by
-    the right-padded completion; ``attention_mask`` marks real tokens of both.
+    Each prompt is stored once (left-padded); its G completions follow it in
+    rows ``p * G ... p * G + G - 1`` (right-padded). The update runs the prompt
+    once per group and its completions over the prompt's KV cache, so a long
+    prompt costs one row of compute, not G.
     """
 
-    tokens: Array  # [B, P + C] int32
-    attention_mask: Array  # [B, P + C] bool
-    completion_mask: Array  # [B, C] float32
-    old_logp: Array  # [B, C] sampler log-probs (the behaviour policy)
-    ref_logp: Array  # [B, C] reference log-probs (zeros when beta == 0)
-    advantages: Array  # [B]
+    prompt_ids: Array  # [P, L] int32, left-padded
+    prompt_mask: Array  # [P, L] bool
+    completion_ids: Array  # [P * G, C] int32, right-padded
+    completion_mask: Array  # [P * G, C] float32: tokens in the loss
+    old_logp: Array  # [P * G, C] sampler log-probs (the behaviour policy)
+    ref_logp: Array  # [P * G, C] reference log-probs (zeros when beta == 0)
+    advantages: Array  # [P * G]
 
 
 class LossSettings(NamedTuple):
@@ -48,12 +52,14 @@ class LossSettings(NamedTuple):
     max_completion_len: int
     temperature: float
     logprob_chunk: int
+    group_size: int = 1  # G: rollouts per prompt in an UpdateBatch
 
 
 def completion_logprobs(model: nnx.Module, tokens: Array, attention_mask: Array,
                         completion_len: int, temperature: float, chunk: int
                         ) -> tuple[Array, Array]:
-    """log p and entropy of each completion token under ``model`` ([B, C] each).
+    """log p and entropy of each completion token under ``model`` ([B, C] each), from one
+    forward over whole ``[prompt | completion]`` rows (the reference for the grouped pass).
 
     The hidden state at position t predicts token t + 1, so the completion's
     C tokens are predicted by the C positions ending one before the last.
@@ -65,25 +71,63 @@ def completion_logprobs(model: nnx.Module, tokens: Array, attention_mask: Array,
                           chunk_size=chunk)
 
 
-def split_micro(batch: UpdateBatch, micro_batch_size: int) -> UpdateBatch:
-    """[B, ...] -> [B / m, m, ...] for ``lax.scan`` over micro-batches."""
-    return jax.tree.map(lambda x: x.reshape((-1, micro_batch_size) + x.shape[1:]), batch)
+def grouped_completion_logprobs(model: nnx.Module, prompt_ids: Array, prompt_mask: Array,
+                                completion_ids: Array, group_size: int, temperature: float,
+                                chunk: int) -> tuple[Array, Array]:
+    """``completion_logprobs`` of G completions per prompt, the prompt computed once.
+
+    The prompt pass fills a KV cache; it is repeated G times and the completions
+    (all but their last token, which predicts nothing) run over it. The last prompt
+    position predicts completion token 0. Gradients flow through the shared cache
+    into the prompt pass, so the result and its gradient equal the full forward's.
+    Completions are right-padded, so causality alone keeps real tokens off padding.
+    """
+    num_prompts, width = prompt_ids.shape
+    completion_len = completion_ids.shape[1]
+    slots = width + completion_len - 1
+    cache = init_cache(model.config, num_prompts, slots, model.dtype)
+    prompt_kv = jnp.pad(prompt_mask, ((0, 0), (0, completion_len - 1)))
+    hidden, cache = model.hidden_states(prompt_ids, prompt_kv,
+                                        positions=default_positions(prompt_mask), cache=cache,
+                                        cache_index=0)
+    first = jnp.repeat(hidden[:, -1:], group_size, axis=0)  # predicts completion token 0
+    cache = cache.map_buffers(lambda x, _: jnp.repeat(x, group_size, axis=0))
+    kv_mask = jnp.repeat(prompt_kv.at[:, width:].set(True), group_size, axis=0)
+    start = jnp.repeat(prompt_mask.sum(axis=1, keepdims=True), group_size, axis=0)
+    positions = start + jnp.arange(completion_len - 1)[None]
+    rest, _ = model.hidden_states(completion_ids[:, :-1], kv_mask, positions=positions,
+                                  cache=cache, cache_index=width)
+    predicting = jnp.concatenate([first, rest], axis=1)
+    return token_logprobs(predicting, model.unembedding(), completion_ids,
+                          temperature=temperature, chunk_size=chunk)
+
+
+def split_micro(batch: UpdateBatch, prompts_per_micro: int, group_size: int) -> UpdateBatch:
+    """[P, ...] / [P * G, ...] -> [P / k, k, ...] / [P / k, k * G, ...] for ``lax.scan``
+    over micro-batches of k whole groups."""
+    def split(x: Array, rows: int) -> Array:
+        return x.reshape((-1, rows) + x.shape[1:])
+
+    per_row = ("completion_ids", "completion_mask", "old_logp", "ref_logp", "advantages")
+    return batch._replace(
+        prompt_ids=split(batch.prompt_ids, prompts_per_micro),
+        prompt_mask=split(batch.prompt_mask, prompts_per_micro),
+        **{f: split(getattr(batch, f), prompts_per_micro * group_size) for f in per_row})
 
 
 def reference_logprobs(graphdef: nnx.GraphDef, ref_params: nnx.State, rest: nnx.State,
-                       tokens: Array, attention_mask: Array, *, completion_len: int,
-                       micro_batch_size: int, temperature: float, chunk: int) -> Array:
+                       batch: UpdateBatch, *, prompts_per_micro: int, group_size: int,
+                       temperature: float, chunk: int) -> Array:
     """Frozen-reference log-probs of the completion tokens, micro-batch by micro-batch."""
     model = nnx.merge(graphdef, ref_params, rest)
 
-    def one(xs):
-        logp, _ = completion_logprobs(model, xs[0], xs[1], completion_len, temperature, chunk)
+    def one(mb: UpdateBatch) -> Array:
+        logp, _ = grouped_completion_logprobs(model, mb.prompt_ids, mb.prompt_mask,
+                                              mb.completion_ids, group_size, temperature, chunk)
         return logp
 
-    shape = (-1, micro_batch_size)
-    out = jax.lax.map(one, (tokens.reshape(shape + tokens.shape[1:]),
-                            attention_mask.reshape(shape + attention_mask.shape[1:])))
-    return out.reshape(tokens.shape[0], completion_len)
+    out = jax.lax.map(one, split_micro(batch, prompts_per_micro, group_size))
+    return out.reshape(batch.completion_ids.shape)
 
 
 def train_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
@@ -95,9 +139,9 @@ def train_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
 
     def loss_sums(p, mb: UpdateBatch):
         model = nnx.merge(graphdef, p, rest)
-        logp, entropy = completion_logprobs(model, mb.tokens, mb.attention_mask,
-                                            settings.max_completion_len, settings.temperature,
-                                            settings.logprob_chunk)
+        logp, entropy = grouped_completion_logprobs(
+            model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, settings.group_size,
+            settings.temperature, settings.logprob_chunk)
         loss_sum, count, aux = grpo_loss(
             logp, mb.old_logp, mb.advantages, mb.completion_mask,
             ref_logp=mb.ref_logp if use_ref else None, clip_low=settings.clip_low,
@@ -117,7 +161,10 @@ def train_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
         aux = jax.tree.map(jnp.add, aux, a)
         return (grads, loss_sum + ls, count + c, aux), None
 
-    micro = split_micro(batch, micro_batch_size)
+    if micro_batch_size % settings.group_size:
+        raise ValueError(f"micro_batch_size={micro_batch_size} must hold whole groups of "
+                         f"{settings.group_size} rollouts")
+    micro = split_micro(batch, micro_batch_size // settings.group_size, settings.group_size)
     first = jax.tree.map(lambda x: x[0], micro)
     aux_shape = jax.eval_shape(lambda: loss_sums(params, first)[1][1])
     zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
