@@ -256,6 +256,11 @@ class Evaluator:
         benign_rows = self.generate("benign", benign, batch=batch)
         rates = self.rates(benign_rows)
         results["over_refusal_rate"] = rates["refusal"]
+        by_source = defaultdict(list)
+        for record, row in zip(benign, benign_rows):
+            by_source[record.source].append(row)
+        for source, rows in sorted(by_source.items()):
+            results[f"over_refusal_rate/{source}"] = self.rates(rows)["refusal"]
         results["truncated_rate/benign"] = rates["truncated"]
         results["format_rate/benign"] = float(np.mean([format_verifier(self.scored(r))
                                                        for r in benign_rows]))
@@ -320,7 +325,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "strings, refusal phrases and token budget from its config.json")
     p.add_argument("--data-dir", type=pathlib.Path, default=None)
     p.add_argument("--max-per-set", type=int, default=0,
-                   help="prompts per harmful source and for the benign set; 0 = every prompt")
+                   help="prompts per harmful source; 0 = every prompt")
+    p.add_argument("--max-benign", type=int, default=0, help="benign prompts; 0 = every prompt")
     p.add_argument("--sources", default="",
                    help="comma-separated harmful sources to keep (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=None,
@@ -353,7 +359,8 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"--sources {args.sources}: no such harmful source")
     if args.max_per_set:
         harmful = _per_source(harmful, args.max_per_set)
-        benign = benign[:args.max_per_set]
+    if args.max_benign:
+        benign = benign[:args.max_benign]
     judge = None
     if args.judge == "lm_judge":
         from alphaalign_jax.rewards.reward_models import LMJudgeRM

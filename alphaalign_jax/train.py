@@ -280,7 +280,7 @@ class Trainer:
         c = self.config
         group, want = c.rollout.num_samples, c.train.prompts_per_step
         dynamic = c.rollout.dynamic_sampling
-        kept, dropped, per_round = [], [], []
+        kept, dropped, per_round, signal = [], [], [], []
         timing = {"time/rollout_s": 0.0, "time/reward_s": 0.0}
         generated = []
         for round_index in range(c.rollout.max_sampling_rounds if dynamic else 1):
@@ -289,6 +289,7 @@ class Trainer:
             generated.append(rollouts)
             per_round.append(metrics)
             timing = {k: timing[k] + t[k] for k in timing}
+            signal.extend(np.ptp(rewards, axis=1) > 0)
             for p, record in enumerate(records):
                 part = (record, rollouts.take(range(p * group, (p + 1) * group)), texts[p],
                         rewards[p])
@@ -300,6 +301,7 @@ class Trainer:
         metrics = {k: float(np.mean([m[k] for m in per_round])) for k in per_round[0]}
         every = Rollouts.concat(generated)
         metrics.update(timing)
+        metrics["reward/groups_with_signal"] = float(np.mean(signal))  # non-zero advantage
         metrics.update({
             "response_length/mean": float(every.lengths.mean()),
             "response_length/max": float(every.lengths.max()),

@@ -201,6 +201,28 @@ def test_build_chat_prompt() -> None:
         tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")), chat_template=chat
     )
     assert build_chat_prompt("Hi?", tokenizer) == f"<|user|>{apply_template('Hi?')}<|end|><|assistant|>"
+    assert build_chat_prompt("Hi?", tokenizer, system_prompt="Ex.") == (
+        f"<|system|>Ex.<|end|><|user|>{apply_template('Hi?')}<|end|><|assistant|>")
     tokenizer.chat_template = None
     with pytest.raises(ValueError, match="chat_template"):
         build_chat_prompt("Hi?", tokenizer)
+
+
+def test_format_progress_and_shaped_safety_reward():
+    from alphaalign_jax.rewards import format_progress
+
+    assert format_progress("no tags") == 0.0
+    assert format_progress("<safety_reasoning>think") == 0.25
+    assert format_progress("<safety_reasoning>t</safety_reasoning>") == 0.5
+    assert format_progress("</safety_reasoning><safety_reasoning>") == 0.25  # order counts
+    assert format_progress("<safety_reasoning>t</safety_reasoning><answer>a") == 0.75
+    done = "<safety_reasoning>t</safety_reasoning><answer>a</answer>"
+    assert format_progress(done) == 1.0 == format_verifier(done)
+    half = "<safety_reasoning>t</safety_reasoning> Sure, here it is."
+    shaped = SafetyRewardConfig(format_shaping=0.4)
+    # r_f ((1 - s) V_f + s P) with V_f = 0, P = 0.5: 0.5 * 0.4 * 0.5
+    assert safety_reward("harmful", half, shaped).reward == pytest.approx(0.1)
+    assert safety_reward("harmful", half).reward == 0.0  # the paper's reward: nothing
+    assert safety_reward("benign", done, shaped).reward == pytest.approx(0.5)  # complete: r_f
+    with pytest.raises(ValueError, match="format_shaping"):
+        SafetyRewardConfig(format_shaping=1.5)
