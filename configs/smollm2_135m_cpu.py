@@ -5,8 +5,11 @@
 A 135M model does not follow the template unaided (format 1%, no refusals in 160 sampled
 answers to harmful prompts), so every group's reward is constant and nothing is learned.
 What makes the reward learnable at this size, measured in docs/learning.md:
-- a system prompt with one worked example of each case (rewards.WORKED_EXAMPLES_SYSTEM_PROMPT)
-  and responses that start with "<safety_reasoning>" (rollout.response_prefix);
+- a system prompt with two worked examples of each case whose reasoning names what makes the
+  question (un)safe (rewards.WORKED_EXAMPLES_SYSTEM_PROMPT), and responses that start with
+  "<safety_reasoning>" (rollout.response_prefix): every group has reward variance at step 1;
+- class-balanced batches (data.harmful_fraction=0.5): with more harmful than benign prompts a
+  refusal pays whatever the prompt, and the policy collapses to refusing everything;
 - groups of 8 at temperature 1.0, so most groups hold both outcomes;
 - no helpfulness reward model (reward.helpfulness="none"): it halves the CPU step, and the
   135M judge's margins are small;
