@@ -40,13 +40,15 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
-    for spec in args.runs:
+    for i, spec in enumerate(args.runs):
         name, _, path = spec.rpartition("=")
+        color = f"C{i % 10}"  # one colour a run in every panel, even where a metric is missing
         rows = read(pathlib.Path(path))
         for ax, (key, title) in zip(axes.flat, PANELS):
             points = [(r["step"], r[key]) for r in rows if key in r]
             if points:
-                ax.plot(*zip(*points), marker=".", label=name or pathlib.Path(path).name)
+                ax.plot(*zip(*points), marker=".", color=color,
+                        label=name or pathlib.Path(path).name)
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("step", fontsize=8)
     axes.flat[0].legend(fontsize=8)
