@@ -57,7 +57,9 @@ def tiny_overrides(policy: pathlib.Path, train_file: pathlib.Path, steps: int = 
             "--config.algo.micro_batch_size=2", f"--config.train.steps={steps}",
             "--config.train.checkpoint_every=2", "--config.reward.rm_max_len=256",
             "--config.algo.beta=0.04", "--config.optim.learning_rate=1e-3",
-            "--config.system_prompt=",
+            # the tiny policy never writes the tags: the LM judge gives every step a signal
+            "--config.system_prompt=", "--config.reward.helpfulness=lm_judge",
+            "--config.rollout.temperature=0.8",
             "--config.train.plot=False"]
 
 
