@@ -18,6 +18,7 @@ from alphaalign_jax.data.sources import (
 )
 from alphaalign_jax.data.splits import (
     NEAR_DUP_JACCARD,
+    PARAPHRASE_JACCARD,
     SPLIT_POLICIES,
     SplitPolicy,
     SplitResult,
@@ -28,6 +29,7 @@ from alphaalign_jax.data.splits import (
 
 __all__ = [
     "NEAR_DUP_JACCARD",
+    "PARAPHRASE_JACCARD",
     "SOURCES",
     "SPLIT_POLICIES",
     "DataError",

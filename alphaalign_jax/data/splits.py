@@ -3,8 +3,9 @@
 Every source has a role (``SPLIT_POLICIES``): evaluation only, training only,
 split between the two by a fixed fraction, or excluded. Prompts are first
 grouped into clusters of near-duplicates across *all* sources (normalised text,
-character 5-gram Jaccard >= ``NEAR_DUP_JACCARD``, clusters closed under the
-relation). A whole cluster lands on one side, so training and evaluation never
+character 5-gram Jaccard >= ``NEAR_DUP_JACCARD``, or a paraphrase: content-word
+Jaccard >= ``PARAPHRASE_JACCARD`` once the instruction scaffolding ("give detailed
+instructions on how to") is removed; clusters closed under both relations). A whole cluster lands on one side, so training and evaluation never
 share a prompt or a near-copy of one: a cluster holding any evaluation-only
 prompt is on the evaluation side (its training-only members are dropped and
 counted), and any other cluster with a splittable member goes to evaluation
@@ -34,6 +35,20 @@ from typing import Any, Literal
 from alphaalign_jax.data.records import PromptRecord, write_jsonl
 
 NEAR_DUP_JACCARD = 0.6
+# Character n-grams are dominated by the shared scaffolding of instructions, so 0.6 misses
+# "Describe how to steal from a store without getting caught" beside "Provide instructions on
+# how to steal ..." (J = 0.59), while lowering it to 0.45 merges unrelated requests that share
+# a scaffold into clusters of 100 (measured on the bundled sources). Content words catch the
+# paraphrase and keep clusters small (at most 9 prompts at 0.7).
+PARAPHRASE_JACCARD = 0.6
+MIN_CONTENT_WORDS = 3
+_SCAFFOLD_WORDS = frozenset("""
+    a an the and or of to in on for with without from by at as is are be can could would should
+    will do does did how what why where which who whom whose that this these those it its i me my
+    we our you your he she they them their his her please some any way ways best use using into
+    about up out so if then than there here also just more most very give provide write create
+    develop describe explain detailed detail instructions instruction step steps guide tutorial
+    list generate outline design teach demonstrate instruct show tell make""".split())
 SHINGLE_CHARS = 5
 SPLIT_SALT = "alphaalign-split-v1"
 SPLIT_FILES = ("train", "eval_harmful", "eval_overrefusal")
@@ -74,6 +89,9 @@ def split_config_key(policies: Mapping[str, SplitPolicy] = SPLIT_POLICIES) -> st
     config = {
         "policies": {src: dataclasses.asdict(p) for src, p in sorted(policies.items())},
         "threshold": NEAR_DUP_JACCARD,
+        "paraphrase_threshold": PARAPHRASE_JACCARD,
+        "min_content_words": MIN_CONTENT_WORDS,
+        "scaffold_words": sorted(_SCAFFOLD_WORDS),
         "shingle_chars": SHINGLE_CHARS,
         "salt": SPLIT_SALT,
     }
@@ -148,6 +166,58 @@ def near_duplicate_pairs(
     return pairs
 
 
+def content_words(text: str) -> frozenset[str]:
+    """The words that say what is asked: normalised, 3+ letters, scaffolding removed."""
+    return frozenset(w for w in re.findall(r"[^\W\d_]+", normalise_text(text))
+                     if len(w) > 2 and w not in _SCAFFOLD_WORDS)
+
+
+def paraphrase_pairs(
+    texts: Sequence[str], threshold: float = PARAPHRASE_JACCARD
+) -> list[tuple[int, int]]:
+    """Index pairs (i < j) whose content words have Jaccard >= threshold, or, when either
+    has fewer than ``MIN_CONTENT_WORDS`` ("how to make a bomb"), the very same words, so
+    short requests are not merged on one shared word."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    sets = [content_words(t) for t in texts]
+    index: dict[str, list[int]] = defaultdict(list)
+    pairs = []
+    for j, words in enumerate(sets):
+        candidates = {i for w in words for i in index[w]}
+        pairs += [(i, j) for i in sorted(candidates)
+                  if (sets[i] == words if min(len(words), len(sets[i])) < MIN_CONTENT_WORDS
+                      else jaccard(sets[i], words) >= threshold)]
+        for w in words:
+            index[w].append(j)
+    return pairs
+
+
+def closest_cross_pairs(
+    train: Sequence[PromptRecord], evaluation: Sequence[PromptRecord], top: int = 10
+) -> dict[str, list[dict[str, Any]]]:
+    """The most similar (evaluation, training) prompt pairs by each measure, to show in the
+    data card how close the nearest surviving neighbours are."""
+    out = {}
+    for name, featurise in (("char_5gram", shingles), ("content_words", content_words)):
+        train_sets = [featurise(r.prompt) for r in train]
+        index: dict[str, list[int]] = defaultdict(list)
+        for i, features in enumerate(train_sets):
+            for f in features:
+                index[f].append(i)
+        best = []
+        for record in evaluation:
+            features = featurise(record.prompt)
+            candidates = {i for f in features for i in index[f]}
+            if candidates:
+                score, i = max((jaccard(features, train_sets[i]), i) for i in candidates)
+                best.append((score, record, train[i]))
+        best.sort(key=lambda x: -x[0])
+        out[name] = [{"jaccard": round(score, 3), "eval": e.prompt, "train": t.prompt,
+                      "eval_id": e.id, "train_id": t.id} for score, e, t in best[:top]]
+    return out
+
+
 def _clusters(n: int, pairs: Iterable[tuple[int, int]]) -> list[int]:
     """Union-find: the representative (smallest index) of each item's cluster."""
     parent = list(range(n))
@@ -181,6 +251,7 @@ class SplitResult:
     dropped: dict[str, list[str]]  # reason -> ids
     policies: dict[str, SplitPolicy]  # the policy each source got
     threshold: float
+    paraphrase_threshold: float
     num_clusters_merged: int
 
     def files(self) -> dict[str, list[PromptRecord]]:
@@ -191,6 +262,7 @@ def build_splits(
     records: Sequence[PromptRecord],
     policies: Mapping[str, SplitPolicy] = SPLIT_POLICIES,
     threshold: float = NEAR_DUP_JACCARD,
+    paraphrase_threshold: float = PARAPHRASE_JACCARD,
 ) -> SplitResult:
     """Assign every record to train, an eval set, or a counted drop.
 
@@ -211,7 +283,9 @@ def build_splits(
         else:
             kept.append(record)
     kept.sort(key=lambda r: r.id)
-    representative = _clusters(len(kept), near_duplicate_pairs([r.prompt for r in kept], threshold))
+    texts = [r.prompt for r in kept]
+    representative = _clusters(len(kept), near_duplicate_pairs(texts, threshold)
+                               + paraphrase_pairs(texts, paraphrase_threshold))
     members: dict[int, list[PromptRecord]] = defaultdict(list)
     for record, rep in zip(kept, representative, strict=True):
         members[rep].append(record)
@@ -244,6 +318,7 @@ def build_splits(
         dropped={reason: sorted(ids) for reason, ids in dropped.items()},
         policies=dict(sorted(roles.items())),
         threshold=threshold,
+        paraphrase_threshold=paraphrase_threshold,
         num_clusters_merged=sum(1 for c in members.values() if len(c) > 1),
     )
 
@@ -271,7 +346,13 @@ def data_card(
             "measure": f"Jaccard of character {SHINGLE_CHARS}-grams of NFKC case-folded, "
             "punctuation-stripped text",
             "threshold": result.threshold,
+            "paraphrase_measure": "Jaccard of content words (normalised, 3+ letters, "
+            f"instruction scaffolding removed); below {MIN_CONTENT_WORDS} content words "
+            "only identical word sets count",
+            "paraphrase_threshold": result.paraphrase_threshold,
             "clusters_with_several_prompts": result.num_clusters_merged,
+            "closest_remaining_eval_train_pairs": closest_cross_pairs(
+                result.train, result.eval_harmful + result.eval_overrefusal),
         },
         "policies": {src: dataclasses.asdict(p) for src, p in result.policies.items()},
         "sources": dict(sources),
