@@ -41,7 +41,8 @@ import numpy as np
 from tqdm import tqdm
 
 from alphaalign_jax import assets, checkpoint
-from alphaalign_jax.data.records import PromptRecord, load_jsonl
+from alphaalign_jax.data.pipeline import bundled_splits
+from alphaalign_jax.data.records import PromptRecord
 from alphaalign_jax.models import from_pretrained
 from alphaalign_jax.rewards import (
     DEFAULT_REFUSAL_PHRASES,
@@ -382,8 +383,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings = (GenerationSettings.from_run(args.run, **overrides) if args.run else
                 GenerationSettings(**{k: v for k, v in overrides.items() if v is not None}))
     data_dir = args.data_dir or assets.assets_dir() / "data"
-    harmful = load_jsonl(data_dir / "eval_harmful.jsonl")
-    benign = load_jsonl(data_dir / "eval_overrefusal.jsonl")
+    splits = bundled_splits(data_dir)
+    harmful, benign = list(splits["eval_harmful"]), list(splits["eval_overrefusal"])
     if args.sources:
         keep = set(args.sources.split(","))
         harmful = [r for r in harmful if r.source in keep]

@@ -24,6 +24,7 @@ import pathlib
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -40,7 +41,8 @@ from alphaalign_jax import assets
 from alphaalign_jax import config as config_lib
 from alphaalign_jax import sharding as shd
 from alphaalign_jax.checkpoint import config_diff, model_config_item
-from alphaalign_jax.data.pipeline import PromptSource
+from alphaalign_jax.data.budget import fit_prompt_budget
+from alphaalign_jax.data.pipeline import PromptSource, Subset, bundled_splits
 from alphaalign_jax.data.records import PromptRecord, load_jsonl
 from alphaalign_jax.metrics import MetricsWriter
 from alphaalign_jax.models import CheckpointError, ModelConfig, from_pretrained
@@ -72,15 +74,17 @@ class BalancedPrompts:
     num_benign: int
 
     @classmethod
-    def build(cls, records: list[PromptRecord], batch: int, harmful_fraction: float,
-              seed: int) -> "BalancedPrompts":
-        by_label = {lab: [r for r in records if r.label == lab] for lab in ("harmful", "benign")}
+    def build(cls, records: Sequence[PromptRecord], labels: Sequence[str], batch: int,
+              harmful_fraction: float, seed: int, origin: str) -> "BalancedPrompts":
+        """Two label views of ``records`` (random access, nothing copied)."""
+        by_label = {lab: Subset(records, [i for i, x in enumerate(labels) if x == lab])
+                    for lab in ("harmful", "benign")}
         num_harmful = round(batch * harmful_fraction)
         num_benign = batch - num_harmful
         for label, n in (("harmful", num_harmful), ("benign", num_benign)):
             if n and not by_label[label]:
                 raise ValueError(f"config.data.harmful_fraction asks for {n} {label} prompts a "
-                                 f"step, but the training file has none")
+                                 f"step, but {origin} has none")
         return cls(
             PromptSource(by_label["harmful"], num_harmful, seed=seed) if num_harmful else None,
             PromptSource(by_label["benign"], num_benign, seed=seed + 1) if num_benign else None,
@@ -153,12 +157,7 @@ class Trainer:
         self.sampler = Sampler(policy, self.tokenizer, mesh=self.mesh,
                                max_prompt_len=c.rollout.max_prompt_len)
         self.reward_fn = reward_fn or self._alphaalign_reward()
-        train_file = pathlib.Path(c.data.train_file or assets.assets_dir() / "data" / "train.jsonl")
-        records = load_jsonl(train_file, lenient=c.data.lenient)
-        round_size = (math.ceil(c.rollout.oversample * c.train.prompts_per_step)
-                      if c.rollout.dynamic_sampling else c.train.prompts_per_step)
-        self.prompts = BalancedPrompts.build(records, round_size, c.data.harmful_fraction,
-                                             c.data.seed)
+        self.prompts = self._prompt_batches()
         self._compile_train_step()
         self.step = 0
         self.checkpoints = ocp.CheckpointManager(
@@ -167,6 +166,33 @@ class Trainer:
                 max_to_keep=c.train.keep_checkpoints,
                 enable_async_checkpointing=c.train.async_checkpointing))
         self._stop_signal: int | None = None
+
+    def _prompt_batches(self) -> BalancedPrompts:
+        """The training prompts: the bundled split through its tfds dataset (prepared by
+        setup), or a user's ``data.train_file`` as JSONL; every prompt's token length is
+        checked against ``rollout.max_prompt_len`` here, before the first step."""
+        c = self.config
+        if c.data.train_file:
+            origin = pathlib.Path(c.data.train_file)
+            records: Sequence[PromptRecord] = load_jsonl(origin, lenient=c.data.lenient)
+        else:
+            origin = assets.assets_dir() / "data" / "train.jsonl"
+            records = bundled_splits(origin.parent)["train"]
+        rows = [records[i] for i in range(len(records))]
+        lengths = [len(ids) for ids in self.sampler.encode([self._prompt_text(r) for r in rows])]
+        keep = fit_prompt_budget(rows, lengths, c.rollout.max_prompt_len, origin=origin,
+                                 field="config.rollout.max_prompt_len", lenient=c.data.lenient)
+        round_size = (math.ceil(c.rollout.oversample * c.train.prompts_per_step)
+                      if c.rollout.dynamic_sampling else c.train.prompts_per_step)
+        return BalancedPrompts.build(Subset(records, keep), [rows[i].label for i in keep],
+                                     round_size, c.data.harmful_fraction, c.data.seed,
+                                     str(origin))
+
+    def _prompt_text(self, record: PromptRecord) -> str:
+        """What the policy is conditioned on: chat prompt, then the forced response start."""
+        c = self.config
+        return (build_chat_prompt(record.prompt, self.tokenizer, c.template, c.system_prompt)
+                + c.rollout.response_prefix)
 
     def _alphaalign_reward(self) -> AlphaAlignReward:
         r = self.config.reward
@@ -249,8 +275,7 @@ class Trainer:
         """Rollouts of one prompt batch and their rewards: (rollouts, texts, [P, G], metrics)."""
         c = self.config
         prefix = c.rollout.response_prefix
-        prompts = [build_chat_prompt(r.prompt, self.tokenizer, c.template, c.system_prompt)
-                   + prefix for r in records]
+        prompts = [self._prompt_text(r) for r in records]
         # The RNG is a function of (seed, step, round), so a resumed run samples alike.
         seed = int(c.train.seed) * 1_000_003 + self.step
         if round_index:

@@ -27,9 +27,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.only in (None, "model"):
         print(f"model: {assets.fetch_smollm2(root, quiet=True)}")
     if args.only in (None, "data"):
+        from alphaalign_jax.data.pipeline import bundled_splits
         from alphaalign_jax.data.sources import fetch_datasets
 
         print("data:", json.dumps(fetch_datasets(root), indent=2, default=str))
+        splits = bundled_splits(root / "data")  # the tfds dataset the trainer reads
+        print("tfds:", {name: len(records) for name, records in splits.items()})
 
 
 if __name__ == "__main__":

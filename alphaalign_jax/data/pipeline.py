@@ -145,8 +145,9 @@ def _tfds_builder_class() -> type:
         """Prompt records from local JSONL files, one split per file (tfds name
         ``alphaalign_prompts``, from the class name)."""
 
-        VERSION = tfds.core.Version("1.0.0")
-        RELEASE_NOTES = {"1.0.0": "prompt, label, source, id"}  # noqa: RUF012 (tfds API)
+        VERSION = tfds.core.Version("1.1.0")
+        RELEASE_NOTES = {"1.0.0": "prompt, label, source, id",  # noqa: RUF012 (tfds API)
+                         "1.1.0": "records in file order"}
 
         def __init__(self, *, jsonl_files: Mapping[str, str], lenient: bool = False, **kwargs: Any):
             self._jsonl_files = dict(jsonl_files)
@@ -154,23 +155,47 @@ def _tfds_builder_class() -> type:
             super().__init__(**kwargs)
 
         def _info(self) -> Any:
+            # Keys are file positions and shuffling is off, so record i is the file's i-th
+            # record: the trainer draws the same prompts from tfds as from the JSONL.
             # Built directly: dataset_info_from_configs would look for metadata
             # files next to this module.
             return tfds.core.DatasetInfo(
                 builder=self,
                 description="AlphaAlign prompts with a binary harmful/benign label.",
                 features=tfds.features.FeaturesDict({name: tfds.features.Text() for name in FIELDS}),
+                disable_shuffling=True,
             )
 
         def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
             return {split: self._generate_examples(path) for split, path in self._jsonl_files.items()}
 
         def _generate_examples(self, path: str) -> Iterator[tuple[str, dict[str, str]]]:
-            for record in load_jsonl(path, self._lenient):
-                yield record.id, record.to_json()
+            for position, record in enumerate(load_jsonl(path, self._lenient)):
+                yield position, record.to_json()
 
     _builder_class = AlphaalignPrompts
     return _builder_class
+
+
+class Subset(Sequence[PromptRecord]):
+    """A view of some records of a random-access collection, by index (read on access)."""
+
+    def __init__(self, data: Sequence[PromptRecord], indices: Sequence[int]) -> None:
+        if isinstance(data, Subset):  # a view of a view reads the underlying data directly
+            data, indices = data._data, [data._indices[i] for i in indices]
+        self._data, self._indices = data, list(indices)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    @overload
+    def __getitem__(self, index: int) -> PromptRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[PromptRecord]: ...
+    def __getitem__(self, index: int | slice) -> PromptRecord | list[PromptRecord]:
+        if isinstance(index, slice):
+            return [self._data[i] for i in self._indices[index]]
+        return self._data[self._indices[index]]
 
 
 class TfdsPrompts(Sequence[PromptRecord]):
@@ -207,8 +232,8 @@ def build_tfds_prompts(
     raise ``DataError`` (file:line) unless ``lenient``, as in ``load_jsonl``.
 
     Returns:
-      split name -> random-access records (tfds stores them in the order of a
-      hash of their ids; ``PromptSource`` does the shuffling).
+      split name -> random-access records, in the order of their file
+      (``PromptSource`` does the shuffling).
     """
     files = {split: str(Path(path).resolve()) for split, path in sorted(jsonl_files.items())}
     digest = hashlib.sha256(repr(lenient).encode())
@@ -223,3 +248,14 @@ def build_tfds_prompts(
     builder.download_and_prepare()
     sources = builder.as_data_source()
     return {split: TfdsPrompts(sources[split]) for split in files}
+
+
+def bundled_splits(data_dir: str | os.PathLike[str]) -> dict[str, TfdsPrompts]:
+    """The split files of ``data_dir`` (``train``, ``eval_harmful``, ``eval_overrefusal``,
+    as written by ``fetch_datasets``) as one tfds dataset under ``data_dir/tfds``; setup
+    prepares it, later calls open it."""
+    from alphaalign_jax.data.splits import SPLIT_FILES
+
+    data_dir = Path(data_dir)
+    return build_tfds_prompts({name: data_dir / f"{name}.jsonl" for name in SPLIT_FILES},
+                              data_dir / "tfds")
