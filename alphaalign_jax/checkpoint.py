@@ -9,11 +9,15 @@ A checkpoint directory is an orbax composite with (at least) two items:
   it into a different model is a clear error rather than garbage.
 
 Training checkpoints add more items (optimizer state, data position, RNG) in
-the same directory, so every tool that reads parameters reads both kinds.
+the same directory, so every tool that reads parameters reads both kinds, and a
+``MANIFEST`` of every file's size and SHA-256, written once the checkpoint is
+complete and verified before it is trusted (``verify_manifest``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pathlib
 import shutil
 from typing import Any
@@ -34,6 +38,43 @@ from alphaalign_jax.models.hf_io import (
 from alphaalign_jax.models.transformer import rope_inv_freq
 
 TOKENIZER_SUBDIR = "tokenizer"
+MANIFEST = "alphaalign_manifest.json"
+
+
+def _file_digests(path: pathlib.Path) -> dict[str, list]:
+    digests = {}
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != MANIFEST):
+        with open(f, "rb") as handle:
+            digests[str(f.relative_to(path))] = [f.stat().st_size,
+                                                 hashlib.file_digest(handle, "sha256").hexdigest()]
+    return digests
+
+
+def write_manifest(path: str | pathlib.Path) -> pathlib.Path:
+    """Record the size and SHA-256 of every file of a finished checkpoint."""
+    path = pathlib.Path(path)
+    tmp = path / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"files": _file_digests(path)}, indent=0))
+    return tmp.replace(path / MANIFEST)
+
+
+def verify_manifest(path: str | pathlib.Path) -> list[str] | None:
+    """What differs from the checkpoint's manifest ([] when intact), or None without one."""
+    path = pathlib.Path(path)
+    try:
+        expected = json.loads((path / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError) as e:
+        return [f"{MANIFEST} unreadable ({e})"]
+    found = _file_digests(path)
+    problems = [f"{name}: missing" for name in expected if name not in found]
+    problems += [f"{name}: not in the manifest" for name in found if name not in expected]
+    for name, (size, digest) in expected.items():
+        if name in found and found[name] != [size, digest]:
+            what = "size" if found[name][0] != size else "content (sha256)"
+            problems.append(f"{name}: {what} differs")
+    return problems
 
 
 def param_dict(model: Transformer) -> dict:

@@ -46,10 +46,10 @@ import numpy as np
 from tqdm import tqdm
 
 from alphaalign_jax import assets, checkpoint
-from alphaalign_jax.data.budget import fit_prompt_budget
+from alphaalign_jax.data.budget import PromptTooLong, fit_prompt_budget
 from alphaalign_jax.data.pipeline import bundled_splits
 from alphaalign_jax.data.records import PromptRecord
-from alphaalign_jax.models import from_pretrained
+from alphaalign_jax.models import CheckpointError, from_pretrained, load_tokenizer
 from alphaalign_jax.rewards import (
     DEFAULT_REFUSAL_PHRASES,
     DEFAULT_SAFETY_TEMPLATE,
@@ -61,6 +61,7 @@ from alphaalign_jax.rewards import (
 )
 from alphaalign_jax.rewards import is_refusal as refusal_of
 from alphaalign_jax.rewards.verifiers import BOXED_OPEN
+from alphaalign_jax.rundir import RunDirLock, RunDirLocked
 from alphaalign_jax.sampling import Sampler
 
 PREFILL_TOKENS = (5, 10, 20)
@@ -152,6 +153,8 @@ def compliance_prefix(prompt: str) -> str:
 
 def load_policy(path: pathlib.Path, mesh=None):
     """An HF directory or one of our orbax checkpoints, and its tokenizer directory."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
     if (path / "config.json").exists():
         return from_pretrained(path, mesh=mesh), path
     _, tokenizer_dir = checkpoint.read_model_config(path)
@@ -207,11 +210,13 @@ class Evaluator:
     def __init__(self, model_path: pathlib.Path, out: pathlib.Path,
                  settings: GenerationSettings = GenerationSettings(),
                  tokenizer_dir: pathlib.Path | None = None):
-        import transformers
-
         self.model, stored_tokenizer_dir = load_policy(model_path)
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-            tokenizer_dir or stored_tokenizer_dir)
+        if tokenizer_dir is None and stored_tokenizer_dir is None:
+            raise CheckpointError(f"--model {model_path}: the checkpoint names no tokenizer; "
+                                  "give one with --tokenizer-dir")
+        self.tokenizer = (load_tokenizer(tokenizer_dir, "--tokenizer-dir") if tokenizer_dir
+                          else load_tokenizer(stored_tokenizer_dir,
+                                              f"tokenizer named by the checkpoint {model_path}"))
         self.settings = settings
         self.out = out
         self.sampler = Sampler(self.model, self.tokenizer)
@@ -434,6 +439,15 @@ def plot(results: dict[str, dict[str, float]], out: pathlib.Path) -> pathlib.Pat
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """The command line; a user error (a path, a setting, a prompt over budget, a busy
+    output directory) ends in one line naming it, not a traceback."""
+    try:
+        return _main(argv)
+    except (CheckpointError, PromptTooLong, RunDirLocked, FileNotFoundError) as e:
+        raise SystemExit(f"evaluate: {e}") from None
+
+
+def _main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=pathlib.Path, required=True)
@@ -473,6 +487,7 @@ def main(argv: list[str] | None = None) -> dict:
                      batch=args.batch)
     settings = (GenerationSettings.from_run(args.run, **overrides) if args.run else
                 GenerationSettings(**{k: v for k, v in overrides.items() if v is not None}))
+    lock = RunDirLock(args.out, "evaluation").acquire()
     data_dir = args.data_dir or assets.assets_dir() / "data"
     splits = bundled_splits(data_dir)
     harmful, benign = list(splits["eval_harmful"]), list(splits["eval_overrefusal"])
@@ -509,6 +524,7 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / "results.md").write_text(markdown_table(results, sizes))
     plot(results, args.out / "eval.png")
     print(markdown_table(results, sizes))
+    lock.release()
     return results
 
 

@@ -40,12 +40,19 @@ from ml_collections import config_flags
 from alphaalign_jax import assets
 from alphaalign_jax import config as config_lib
 from alphaalign_jax import sharding as shd
-from alphaalign_jax.checkpoint import config_diff, model_config_item
-from alphaalign_jax.data.budget import fit_prompt_budget
+from alphaalign_jax.checkpoint import (
+    config_diff,
+    model_config_item,
+    read_model_config,
+    verify_manifest,
+    write_manifest,
+)
+from alphaalign_jax.data.budget import PromptTooLong, fit_prompt_budget
 from alphaalign_jax.data.pipeline import PromptSource, Subset, bundled_splits
-from alphaalign_jax.data.records import PromptRecord, load_jsonl
+from alphaalign_jax.data.records import DataError, PromptRecord, load_jsonl
 from alphaalign_jax.metrics import MetricsWriter
-from alphaalign_jax.models import CheckpointError, ModelConfig, from_pretrained
+from alphaalign_jax.rundir import RunDirLock, RunDirLocked
+from alphaalign_jax.models import CheckpointError, from_pretrained, load_tokenizer
 from alphaalign_jax.rewards import AlphaAlignReward, RewardFn, SafetyRewardConfig, build_chat_prompt
 from alphaalign_jax.rewards.reward_models import make_reward_model
 from alphaalign_jax.rl.advantages import group_advantages
@@ -58,6 +65,10 @@ FLAGS = flags.FLAGS
 
 class NonFiniteError(RuntimeError):
     """A non-finite loss or gradient: the update was not applied and the run stops."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions): the run stops."""
 
 
 class Preempted(Exception):
@@ -135,16 +146,23 @@ class Trainer:
         config_lib.validate(config, num_devices=self.mesh.size)
         self.config = config
         self.workdir = pathlib.Path(workdir).absolute()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        self.lock = (RunDirLock(self.workdir, "trainer").acquire()
+                     if jax.process_index() == 0 else None)
         c = config
-        self.hf_dir = pathlib.Path(c.model.hf_dir or assets.fetch_smollm2(quiet=True))
-        import transformers
-
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.hf_dir)
+        # Absolute, so a checkpoint names its tokenizer wherever it is read from.
+        self.hf_dir = pathlib.Path(c.model.hf_dir or assets.fetch_smollm2(quiet=True)).absolute()
+        self.tokenizer = load_tokenizer(self.hf_dir, "config.model.hf_dir")
         policy = from_pretrained(self.hf_dir, dtype=c.model.dtype, mesh=self.mesh,
                                  param_dtype=c.model.param_dtype)
         self.model_config = policy.config
+        self.checkpoints = ocp.CheckpointManager(
+            self.workdir / "checkpoints",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=c.train.keep_checkpoints,
+                enable_async_checkpointing=c.train.async_checkpointing))
+        # Nothing in the workdir is rewritten before its checkpoints are known to fit.
+        self._check_checkpoint_model()
+        (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
         self.graphdef, self.params, self.rest = nnx.split(policy, nnx.Param, ...)
         self.ref_params = (jax.tree.map(jnp.copy, self.params) if c.algo.beta > 0 else None)
         self.tx, self.lr_schedule = make_optimizer(
@@ -160,11 +178,6 @@ class Trainer:
         self.prompts = self._prompt_batches()
         self._compile_train_step()
         self.step = 0
-        self.checkpoints = ocp.CheckpointManager(
-            self.workdir / "checkpoints",
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=c.train.keep_checkpoints,
-                enable_async_checkpointing=c.train.async_checkpointing))
         self._stop_signal: int | None = None
 
     def _prompt_batches(self) -> BalancedPrompts:
@@ -238,37 +251,112 @@ class Trainer:
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                             tree)
 
-    def save(self, force: bool = False) -> None:
-        train_state = {"step": self.step, "data": self.prompts.state(),
-                       "seed": int(self.config.train.seed)}
-        self.checkpoints.save(self.step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(nnx.to_pure_dict(self.params)),
-            opt_state=ocp.args.StandardSave(self.opt_state),
-            model_config=ocp.args.JsonSave(model_config_item(self.model_config,
-                                                             str(self.hf_dir))),
-            train_state=ocp.args.JsonSave(train_state)), force=force)
+    def _step_dir(self, step: int) -> pathlib.Path:
+        return self.workdir / "checkpoints" / str(step)
 
-    def restore_latest(self) -> bool:
+    def _check_checkpoint_model(self) -> None:
+        """The newest checkpoint must be of the configured model (read from its small
+        ``model_config`` item, before any large restore)."""
         step = self.checkpoints.latest_step()
         if step is None:
-            return False
-        restored = self.checkpoints.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(self._abstract(nnx.to_pure_dict(self.params))),
-            opt_state=ocp.args.StandardRestore(self._abstract(self.opt_state)),
-            model_config=ocp.args.JsonRestore(),
-            train_state=ocp.args.JsonRestore()))
-        stored = restored["model_config"]["hf_config"]
-        if stored != self.model_config.hf_config:
-            found = ModelConfig.from_hf_dict(stored, source=f"checkpoints/{step}/model_config")
+            return
+        try:
+            found, _ = read_model_config(self._step_dir(step))
+        except Exception:  # a damaged checkpoint: restore_latest verifies and sets it aside
+            return
+        if found.hf_config != self.model_config.hf_config:
             raise CheckpointError(
-                f"{self.workdir}/checkpoints/{step}: checkpoint is of a different model than "
-                f"config.model.hf_dir={self.hf_dir} ({config_diff(found, self.model_config)})")
-        nnx.replace_by_pure_dict(self.params, restored["params"])
-        self.opt_state = restored["opt_state"]
-        self.prompts.restore(restored["train_state"]["data"])
-        self.step = int(restored["train_state"]["step"])
-        logging.warning("resumed from %s at step %d", self.workdir / "checkpoints", self.step)
-        return True
+                f"{self._step_dir(step)}: checkpoint is of a different model than "
+                f"config.model.hf_dir={self.hf_dir} ({config_diff(found, self.model_config)}); "
+                "use another --workdir, or the model it was trained from")
+
+    def save(self, force: bool = False) -> None:
+        self._seal_finished_checkpoints()
+        train_state = {"step": self.step, "data": self.prompts.state(),
+                       "seed": int(self.config.train.seed)}
+        try:
+            self.checkpoints.save(self.step, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(nnx.to_pure_dict(self.params)),
+                opt_state=ocp.args.StandardSave(self.opt_state),
+                model_config=ocp.args.JsonSave(model_config_item(self.model_config,
+                                                                 str(self.hf_dir))),
+                train_state=ocp.args.JsonSave(train_state)), force=force)
+        except Exception as e:
+            raise self._write_error(self.step, e) from e
+
+    def _write_error(self, step: int, error: Exception) -> CheckpointWriteError:
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else repr(error)
+        good = [s for s in self.checkpoints.all_steps()
+                if s != step and verify_manifest(self._step_dir(s)) == []]
+        return CheckpointWriteError(
+            f"could not write the checkpoint of step {step} to {self.workdir / 'checkpoints'}: "
+            f"{reason}. The last good checkpoint is "
+            + (f"step {max(good)}; re-run the same command to resume from it" if good
+               else "none") + ".")
+
+    def _seal_finished_checkpoints(self) -> None:
+        """Wait for the asynchronous save and write the manifest of every checkpoint that
+        lacks one; a failed asynchronous write stops the run here, in one line."""
+        try:
+            self.checkpoints.wait_until_finished()
+            self.checkpoints.check_for_errors()
+        except Exception as e:
+            steps = self.checkpoints.all_steps()
+            raise self._write_error(max(steps) if steps else self.step, e) from e
+        if jax.process_index() != 0:
+            return
+        for step in self.checkpoints.all_steps():
+            if verify_manifest(self._step_dir(step)) is None:
+                write_manifest(self._step_dir(step))
+
+    def _set_aside(self, step: int, reason: str) -> pathlib.Path:
+        """Move a damaged checkpoint out of the manager's directory (never delete it)."""
+        target = self.workdir / "checkpoints_set_aside" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if jax.process_index() == 0:
+            target.parent.mkdir(exist_ok=True)
+            self._step_dir(step).rename(target)
+        self.checkpoints.reload()
+        logging.warning("checkpoint %s %s; moved to %s", self._step_dir(step), reason, target)
+        return target
+
+    def restore_latest(self) -> bool:
+        """Resume from the newest checkpoint that verifies and restores; damaged ones are
+        set aside with a warning and the previous one is used."""
+        set_aside = []
+        for step in sorted(self.checkpoints.all_steps(), reverse=True):
+            problems = verify_manifest(self._step_dir(step))
+            if problems:
+                set_aside.append((step, self._set_aside(
+                    step, "fails verification: " + "; ".join(problems[:3]))))
+                continue
+            try:
+                restored = self.checkpoints.restore(step, args=ocp.args.Composite(
+                    params=ocp.args.StandardRestore(self._abstract(nnx.to_pure_dict(self.params))),
+                    opt_state=ocp.args.StandardRestore(self._abstract(self.opt_state)),
+                    model_config=ocp.args.JsonRestore(),
+                    train_state=ocp.args.JsonRestore()))
+            except Exception as e:  # orbax raises many kinds for a truncated or torn file
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else repr(e)
+                set_aside.append((step, self._set_aside(step, f"cannot be read ({first})")))
+                continue
+            if restored["model_config"]["hf_config"] != self.model_config.hf_config:
+                self._check_checkpoint_model()  # raises, naming the differing fields
+            nnx.replace_by_pure_dict(self.params, restored["params"])
+            self.opt_state = restored["opt_state"]
+            self.prompts.restore(restored["train_state"]["data"])
+            self.step = int(restored["train_state"]["step"])
+            if set_aside:
+                logging.warning("resumed from the previous good checkpoint %s (step %d) "
+                                "instead of step %s, set aside in %s", self._step_dir(step),
+                                step, set_aside[0][0], set_aside[0][1])
+            else:
+                logging.warning("resumed from %s at step %d", self.workdir / "checkpoints",
+                                self.step)
+            return True
+        if set_aside:
+            logging.warning("no checkpoint could be used (set aside: %s); starting from step 0",
+                            ", ".join(str(p) for _, p in set_aside))
+        return False
 
     # ------------------------------------------------------------------- a step
     def _sample_round(self, records: list[PromptRecord], round_index: int):
@@ -401,7 +489,7 @@ class Trainer:
             raise NonFiniteError(
                 f"step {self.step}: non-finite loss ({host['loss']}) or gradient norm "
                 f"({host['grad_norm']}); the update was not applied and no checkpoint was "
-                f"written (latest good checkpoint: step {self.checkpoints.latest_step()})")
+                f"written (latest good checkpoint: {self._last_good()})")
         host.update(metrics)
         host.update({
             "time/reference_s": t1 - t0,
@@ -416,6 +504,11 @@ class Trainer:
                               "time/update_s"))
         self.step += 1
         return host
+
+    def _last_good(self) -> str:
+        self._seal_finished_checkpoints()
+        good = [s for s in self.checkpoints.all_steps() if not verify_manifest(self._step_dir(s))]
+        return str(self._step_dir(max(good))) if good else "none"
 
     # --------------------------------------------------------------------- loop
     def _on_signal(self, signum, _frame) -> None:
@@ -444,9 +537,13 @@ class Trainer:
                 if preempted:
                     raise Preempted()
         finally:
-            self.checkpoints.wait_until_finished()
-            if writer is not None:
-                writer.close(plot=c.train.plot)
+            try:
+                self._seal_finished_checkpoints()
+            finally:
+                if writer is not None:
+                    writer.close(plot=c.train.plot)
+                if self.lock is not None:
+                    self.lock.release()
         return self.workdir
 
 
@@ -477,6 +574,9 @@ def main(argv: list[str]) -> None:
         sys.exit(0)
     except config_lib.ConfigValueError as e:
         raise app.UsageError(str(e)) from e
+    except (CheckpointError, CheckpointWriteError, NonFiniteError, RunDirLocked, DataError,
+            PromptTooLong) as e:
+        sys.exit(f"train: {e}")  # a user-facing condition: one line, no traceback
 
 
 if __name__ == "__main__":

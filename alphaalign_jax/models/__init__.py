@@ -5,6 +5,7 @@ from alphaalign_jax.models.hf_io import (
     CheckpointError,
     from_pretrained,
     hf_state_dict,
+    load_tokenizer,
     param_shardings,
     save_pretrained,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "from_pretrained",
     "hf_state_dict",
     "init_cache",
+    "load_tokenizer",
     "param_shardings",
     "save_pretrained",
 ]

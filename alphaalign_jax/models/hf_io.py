@@ -33,6 +33,21 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt")
 
 
+def load_tokenizer(directory: str | pathlib.Path, field: str):
+    """The Hugging Face tokenizer of ``directory``; a directory without tokenizer files is
+    an error naming it and the setting it came from (``field``), not a backend traceback."""
+    import transformers
+
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{field}={directory}: no such directory")
+    if not any((directory / name).exists() for name in ("tokenizer.json", "tokenizer.model",
+                                                       "vocab.json")):
+        raise CheckpointError(f"{field}={directory}: no tokenizer files (tokenizer.json, "
+                              "tokenizer.model or vocab.json) in the directory")
+    return transformers.AutoTokenizer.from_pretrained(directory)
+
+
 class CheckpointError(ValueError):
     """A checkpoint that does not match the model it is loaded into."""
 
