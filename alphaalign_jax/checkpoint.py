@@ -20,6 +20,7 @@ import hashlib
 import json
 import pathlib
 import shutil
+import warnings
 from typing import Any
 
 import jax
@@ -33,6 +34,7 @@ from alphaalign_jax.models.hf_io import (
     TOKENIZER_FILES,
     CheckpointError,
     abstract_model,
+    has_tokenizer_files,
     param_shardings,
 )
 from alphaalign_jax.models.transformer import rope_inv_freq
@@ -92,6 +94,11 @@ def save_model(path: str | pathlib.Path, model: Transformer, *,
     path = pathlib.Path(path).absolute()
     if path.exists():
         raise FileExistsError(f"{path}: checkpoint directory already exists")
+    if tokenizer_dir is not None and not has_tokenizer_files(tokenizer_dir):
+        warnings.warn(f"{tokenizer_dir} has no tokenizer files: the checkpoint {path} will name "
+                      "no tokenizer (give one with --tokenizer-dir when exporting or evaluating)",
+                      stacklevel=2)
+        tokenizer_dir = None
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     checkpointer.save(path, ocp.args.Composite(
         params=ocp.args.StandardSave(param_dict(model)),

@@ -118,6 +118,12 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(c.model.param_dtype in ("float32", "bfloat16"), "model.param_dtype",
              f"'{c.model.param_dtype}' is not float32 or bfloat16")
     _require(0.0 <= c.data.harmful_fraction <= 1.0, "data.harmful_fraction", "must be in [0, 1]")
+    _require(c.data.seed >= 0, "data.seed", f"must be >= 0, got {c.data.seed}")
+    _require(c.train.seed >= 0, "train.seed", f"must be >= 0, got {c.train.seed}")
+    _require(c.reward.rm_batch_size >= 1, "reward.rm_batch_size", "must be >= 1")
+    _require(c.reward.rm_max_len >= 1, "reward.rm_max_len", "must be >= 1")
+    _require(c.algo.logprob_chunk >= 1, "algo.logprob_chunk",
+             "must be >= 1 (vocabulary rows per log-prob chunk)")
     _require("{prompt}" in c.template, "template", "must contain the {prompt} slot")
     _require(r.num_samples >= 2, "rollout.num_samples",
              f"GRPO needs >= 2 rollouts a prompt to compare, got {r.num_samples}")

@@ -23,6 +23,7 @@ import math
 import pathlib
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -141,6 +142,11 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                  reward_fn: RewardFn | None = None):
+        # First: a SIGTERM while models load or compile must still end in a clean exit.
+        self._stop_signal: int | None = None
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._on_signal)
         config_lib.apply_algorithm_presets(config)
         self.mesh = shd.make_mesh(dict(config.mesh))
         config_lib.validate(config, num_devices=self.mesh.size)
@@ -178,7 +184,6 @@ class Trainer:
         self.prompts = self._prompt_batches()
         self._compile_train_step()
         self.step = 0
-        self._stop_signal: int | None = None
 
     def _prompt_batches(self) -> BalancedPrompts:
         """The training prompts: the bundled split through its tfds dataset (prepared by
@@ -191,6 +196,8 @@ class Trainer:
         else:
             origin = assets.assets_dir() / "data" / "train.jsonl"
             records = bundled_splits(origin.parent)["train"]
+        if len(records) == 0:
+            raise config_lib.ConfigValueError(f"config.data.train_file: {origin} holds no prompts")
         rows = [records[i] for i in range(len(records))]
         lengths = [len(ids) for ids in self.sampler.encode([self._prompt_text(r) for r in rows])]
         keep = fit_prompt_budget(rows, lengths, c.rollout.max_prompt_len, origin=origin,
@@ -393,7 +400,7 @@ class Trainer:
         c = self.config
         group, want = c.rollout.num_samples, c.train.prompts_per_step
         dynamic = c.rollout.dynamic_sampling
-        kept, dropped, per_round, signal = [], [], [], []
+        kept, dropped, per_round, with_signal = [], [], [], []
         timing = {"time/rollout_s": 0.0, "time/reward_s": 0.0}
         generated = []
         for round_index in range(c.rollout.max_sampling_rounds if dynamic else 1):
@@ -402,7 +409,7 @@ class Trainer:
             generated.append(rollouts)
             per_round.append(metrics)
             timing = {k: timing[k] + t[k] for k in timing}
-            signal.extend(np.ptp(rewards, axis=1) > 0)
+            with_signal.extend(np.ptp(rewards, axis=1) > 0)
             for p, record in enumerate(records):
                 part = (record, rollouts.take(range(p * group, (p + 1) * group)), texts[p],
                         rewards[p])
@@ -414,7 +421,7 @@ class Trainer:
         metrics = {k: float(np.mean([m[k] for m in per_round])) for k in per_round[0]}
         every = Rollouts.concat(generated)
         metrics.update(timing)
-        metrics["reward/groups_with_signal"] = float(np.mean(signal))  # non-zero advantage
+        metrics["reward/groups_with_signal"] = float(np.mean(with_signal))  # non-zero advantage
         metrics.update({
             "response_length/mean": float(every.lengths.mean()),
             "response_length/max": float(every.lengths.max()),
@@ -518,8 +525,8 @@ class Trainer:
     def run(self) -> pathlib.Path:
         c = self.config
         self.restore_latest()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+        if self._stop_signal is not None:  # preempted while starting: nothing new to save
+            raise Preempted()
         writer = (MetricsWriter(self.workdir, total_steps=c.train.steps, initial_step=self.step)
                   if jax.process_index() == 0 else None)
         try:
@@ -572,13 +579,24 @@ def main(argv: list[str]) -> None:
         logging.warning("preempted: checkpoint saved in %s; re-run the same command to resume",
                         FLAGS.workdir)
         sys.exit(0)
-    except config_lib.ConfigValueError as e:
-        raise app.UsageError(str(e)) from e
-    except (CheckpointError, CheckpointWriteError, NonFiniteError, RunDirLocked, DataError,
-            PromptTooLong) as e:
+    except (config_lib.ConfigValueError, CheckpointError, CheckpointWriteError, NonFiniteError, RunDirLocked, DataError,
+            PromptTooLong, FileNotFoundError) as e:
         sys.exit(f"train: {e}")  # a user-facing condition: one line, no traceback
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with an override of a field the config lacks (``--config.optim.lr``)
+    reported in one line instead of ml_collections' traceback."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+        name = str(e).strip("\"' ")
+        given = [a.split("=")[0][2:] for a in argv
+                 if a.startswith("--config.") and a.split("=")[0].rsplit(".", 1)[-1] == name]
+        sys.exit(f"train: {given[0] if given else name!r} is not a field of the config; "
+                 "see the config file's get_config() and alphaalign_jax/config.py for the fields")
 
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("config")
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -47,6 +47,7 @@ def test_orbax_roundtrip_through_converter(tmp_path):
     src = tmp_path / "hf"
     make_tiny_hf("qwen2", src)
     (src / "tokenizer_config.json").write_text("{}")
+    (src / "tokenizer.json").write_text("{}")
     ckpt = hf_to_orbax(src, tmp_path / "ckpt")
     model = checkpoint.load_model(ckpt)
     ids, mask = left_padded_batch(np.random.default_rng(0), 256, [7, 4])
@@ -60,6 +61,18 @@ def test_orbax_roundtrip_through_converter(tmp_path):
     bf16 = orbax_to_hf(ckpt, tmp_path / "bf16", dtype="bfloat16")
     assert str(_read_all(bf16)["model.norm.weight"].dtype) == "bfloat16"
     assert json.loads((bf16 / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_no_tokenizer_is_loud_and_leaves_no_empty_directory(tmp_path, capsys):
+    """Reliability defect 5: an empty tokenizer/ hid the export's missing tokenizer."""
+    make_tiny_hf("qwen2", tmp_path / "hf")
+    with pytest.warns(UserWarning, match="has no tokenizer files"):
+        ckpt = hf_to_orbax(tmp_path / "hf", tmp_path / "ckpt")
+    assert not (ckpt / checkpoint.TOKENIZER_SUBDIR).exists()
+    assert checkpoint.read_model_config(ckpt)[1] is None
+    out = orbax_to_hf(ckpt, tmp_path / "back")
+    assert "names no usable tokenizer" in capsys.readouterr().err
+    assert not (out / "tokenizer.json").exists()
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):

@@ -155,3 +155,51 @@ def test_another_model_is_refused_before_the_workdir_is_touched(tiny, tmp_path, 
         train_lib.Trainer(tiny_config(tiny, 4, policy=other), tmp_path)
     assert (tmp_path / "config.json").read_bytes() == before
     assert np.isfinite(metrics(tmp_path)[-1]["loss"])
+
+
+@pytest.mark.parametrize("override, field", [
+    ("reward.rm_batch_size", 0), ("data.seed", -1), ("algo.logprob_chunk", 0)])
+def test_values_that_failed_after_compilation_are_config_errors(override, field):
+    c = config_lib.base_config()
+    section, name = override.split(".")
+    c[section][name] = field
+    with pytest.raises(config_lib.ConfigValueError, match=rf"config\.{override}: must be >= "):
+        config_lib.validate(c)
+
+
+def run_cli(*args: str, timeout: int = 300):
+    import subprocess
+    import sys
+
+    from tests.tiny_run import REPO
+
+    return subprocess.run([sys.executable, "-m", "alphaalign_jax.train", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_misspelt_override_is_one_line(tmp_path):
+    out = run_cli("--config=configs/smollm2_135m_cpu.py", f"--workdir={tmp_path}",
+                  "--config.optim.lr=1")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == ("train: 'config.optim.lr' is not a field of the config; see "
+                                  "the config file's get_config() and alphaalign_jax/config.py "
+                                  "for the fields")
+
+
+@pytest.mark.assets
+def test_sigterm_while_loading_exits_cleanly(tiny, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from tests.tiny_run import REPO, train_command, tiny_overrides
+
+    proc = subprocess.Popen(train_command(tmp_path, tiny_overrides(tiny[0], tiny[1])), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / ".lock").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # the trainer is loading its models
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "preempted" in err and not (tmp_path / "metrics.jsonl").exists()

@@ -17,6 +17,7 @@ import sys
 
 from alphaalign_jax import checkpoint
 from alphaalign_jax.models import from_pretrained, save_pretrained
+from alphaalign_jax.models.hf_io import has_tokenizer_files
 
 
 def hf_to_orbax(hf_dir: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
@@ -30,8 +31,9 @@ def orbax_to_hf(ckpt: pathlib.Path, out: pathlib.Path, *, dtype: str | None = No
     _, stored_tokenizer = checkpoint.read_model_config(ckpt)
     model = checkpoint.load_model(ckpt)
     tok = tokenizer_dir or stored_tokenizer
-    if tok is None or not pathlib.Path(tok).exists():
-        print(f"warning: no tokenizer found for {ckpt}; pass --tokenizer-dir", file=sys.stderr)
+    if tok is None or not has_tokenizer_files(tok):
+        print(f"WARNING: {ckpt} names no usable tokenizer ({tok}); the export {out} will have "
+              "none: pass --tokenizer-dir", file=sys.stderr)
         tok = None
     return save_pretrained(model, out, tokenizer_dir=tok, dtype=dtype,
                            max_shard_bytes=max_shard_bytes)

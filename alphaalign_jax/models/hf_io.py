@@ -33,6 +33,12 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt")
 
 
+def has_tokenizer_files(directory: str | pathlib.Path) -> bool:
+    """Whether ``directory`` holds a tokenizer's vocabulary (not just its config)."""
+    return any((pathlib.Path(directory) / name).is_file()
+               for name in ("tokenizer.json", "tokenizer.model", "vocab.json"))
+
+
 def load_tokenizer(directory: str | pathlib.Path, field: str):
     """The Hugging Face tokenizer of ``directory``; a directory without tokenizer files is
     an error naming it and the setting it came from (``field``), not a backend traceback."""
@@ -41,8 +47,7 @@ def load_tokenizer(directory: str | pathlib.Path, field: str):
     directory = pathlib.Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{field}={directory}: no such directory")
-    if not any((directory / name).exists() for name in ("tokenizer.json", "tokenizer.model",
-                                                       "vocab.json")):
+    if not has_tokenizer_files(directory):
         raise CheckpointError(f"{field}={directory}: no tokenizer files (tokenizer.json, "
                               "tokenizer.model or vocab.json) in the directory")
     return transformers.AutoTokenizer.from_pretrained(directory)
