@@ -203,3 +203,17 @@ def test_sigterm_while_loading_exits_cleanly(tiny, tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     assert "preempted" in err and not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.assets
+def test_checkpoints_name_their_tokenizer_by_absolute_path(tiny, tmp_path, monkeypatch):
+    """Defect 5: a relative model.hf_dir was stored as given and resolved later against the
+    checkpoint directory."""
+    from alphaalign_jax.checkpoint import read_model_config
+
+    monkeypatch.chdir(tiny[0].parent)
+    c = tiny_config(tiny, 2)
+    c.model.hf_dir = tiny[0].name  # relative to the working directory
+    train_lib.Trainer(c, tmp_path).run()
+    _, tokenizer_dir = read_model_config(tmp_path / "checkpoints" / "2")
+    assert tokenizer_dir == tiny[0].absolute()
