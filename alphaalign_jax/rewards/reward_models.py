@@ -102,6 +102,18 @@ def _load_tokenizer(tokenizer: Any, default_dir: str | pathlib.Path) -> Any:
     return tokenizer
 
 
+def last_token_hidden(model: Transformer, ids: jax.Array, mask: jax.Array) -> jax.Array:
+    """``[B, D]`` final-norm hidden state at each row's last real token."""
+    hidden, _ = model.hidden_states(ids, mask)
+    last = jnp.maximum(mask.sum(axis=-1) - 1, 0)
+    return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+
+
+def classifier_scores(model: Transformer, last_hidden: jax.Array) -> jax.Array:
+    """A one-label sequence classifier's ``[B]`` scores from its score head."""
+    return (last_hidden @ model.score[...].astype(last_hidden.dtype))[:, 0]
+
+
 class BucketedTransformerRM(abc.ABC):
     """Chat formatting, answer-side truncation, bucketed padding and one jitted
     forward that reads the final-norm hidden state at each row's last real token.
@@ -125,10 +137,7 @@ class BucketedTransformerRM(abc.ABC):
         def forward(state: nnx.State, ids: jax.Array, mask: jax.Array) -> jax.Array:
             self.num_traces += 1
             merged = nnx.merge(graphdef, state)
-            hidden, _ = merged.hidden_states(ids, mask)
-            last = jnp.maximum(mask.sum(axis=-1) - 1, 0)
-            last_hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
-            return self.head(merged, last_hidden).astype(jnp.float32)
+            return self.head(merged, last_token_hidden(merged, ids, mask)).astype(jnp.float32)
 
         self._forward = jax.jit(forward)
 
@@ -213,7 +222,7 @@ class SequenceClassifierRM(BucketedTransformerRM):
         return self.tokenizer.apply_chat_template(messages, tokenize=False)
 
     def head(self, model: Transformer, last_hidden: jax.Array) -> jax.Array:
-        return (last_hidden @ model.score[...].astype(last_hidden.dtype))[:, 0]
+        return classifier_scores(model, last_hidden)
 
 
 class LMJudgeRM(BucketedTransformerRM):

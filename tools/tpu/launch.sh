@@ -15,6 +15,16 @@ config=$1 workdir=$2
 shift 2
 overrides=""
 for arg in "$@"; do overrides+=" $(printf '%q' "$arg")"; done
+# Before any TPU time is spent: compile the config for $ACCELERATOR here, with the real TPU
+# compiler, and stop if it does not fit the slice's HBM (SKIP_AOT=1 skips the check).
+if [ "${SKIP_AOT:-0}" != 1 ]; then
+  top=$(cd "$here/../.." && pwd)
+  (cd "$top" && .venv/bin/python -m alphaalign_jax.aot --config="$config" \
+      --topology="$ACCELERATOR" "$@") || {
+    echo "not launched: $config does not compile or fit on $ACCELERATOR (see above)" >&2
+    exit 1
+  }
+fi
 tpu_ssh "cd ~/$REPO_DIR && nohup .venv/bin/python -m alphaalign_jax.train --config=$config \
   --workdir=$workdir --distributed$overrides > train.log 2>&1 &"
 echo "launched on all hosts of $TPU_NAME; follow with:"

@@ -1,0 +1,380 @@
+"""Compile a config's programs for a Cloud TPU slice ahead of time, on a machine without one.
+
+    python -m alphaalign_jax.aot --config=configs/qwen2_5_3b_instruct.py --topology=v5e-16 \
+        [--search] [--json=plan.json]
+
+The real TPU compiler (libtpu, fetched by ``tools/fetch_assets.py --only libtpu``) compiles
+the programs a training step runs, for the slice's devices and the config's mesh, from
+abstract (weight-free) models: the update (with its micro-batch scan), the reference
+log-prob pass, the sampler's prefill and one decode step / the decode loop, and the reward
+model's forward. Architectures come from the models' HF ``config.json`` (or, for the paper
+models, the cards in ``configs/architectures/``). Reported per program: per-chip HBM
+(arguments, outputs, temporaries) against the chip's capacity, FLOPs and bytes from XLA's
+cost analysis, and a roofline time at the chip's peak; then the estimated time of one RL
+step. A config that does not fit exits with status 1, naming the program, the bytes and the
+largest tensors. ``--search`` tries the mesh shapes and micro-batch sizes the slice allows
+and reports the fastest that fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import pathlib
+import re
+import sys
+import time
+from typing import Any
+
+from alphaalign_jax import assets
+
+
+def _use_bundled_libtpu() -> None:
+    """Point JAX at the fetched libtpu before it initialises (the CPU stays the default
+    backend: libtpu only serves the TPU topology), and keep libtpu off the network."""
+    bundled = assets.libtpu_path()
+    if "TPU_LIBRARY_PATH" not in os.environ and bundled.is_file():
+        os.environ["TPU_LIBRARY_PATH"] = str(bundled)
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+
+
+_use_bundled_libtpu()
+
+import jax  # noqa: E402  (after the libtpu path is set)
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from alphaalign_jax import config as config_lib  # noqa: E402
+from alphaalign_jax import sharding as shd  # noqa: E402
+from alphaalign_jax import train as train_lib  # noqa: E402
+from alphaalign_jax.models import ModelConfig  # noqa: E402
+from alphaalign_jax.models.hf_io import abstract_model, param_shardings  # noqa: E402
+from alphaalign_jax.rewards.reward_models import classifier_scores, last_token_hidden  # noqa: E402
+from alphaalign_jax.rl.step import UpdateBatch  # noqa: E402
+from alphaalign_jax.sampling import sampler as sampler_lib  # noqa: E402
+
+ARCHITECTURES = pathlib.Path(__file__).resolve().parent.parent / "configs" / "architectures"
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """Per-chip numbers from Google's public Cloud TPU system-architecture pages."""
+
+    name: str
+    hbm_bytes: int
+    peak_bf16_flops: float  # FLOP/s
+    hbm_bytes_per_s: float
+    cores_per_chip: int  # TensorCores a chip has; v4-N / v5p-N count cores, v5e-N / v6e-N chips
+    source: str
+
+
+GiB = 1 << 30
+CHIPS = {
+    "v4": Chip("v4", 32 * GiB, 275e12, 1200e9, 2, "https://cloud.google.com/tpu/docs/v4"),
+    "v5e": Chip("v5e", 16 * GiB, 197e12, 819e9, 1, "https://cloud.google.com/tpu/docs/v5e"),
+    "v5p": Chip("v5p", 95 * GiB, 459e12, 2765e9, 2, "https://cloud.google.com/tpu/docs/v5p"),
+    "v6e": Chip("v6e", 32 * GiB, 918e12, 1640e9, 1, "https://cloud.google.com/tpu/docs/v6e"),
+}
+_GRID_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
+            256: "16x16"}
+_GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
+            256: "4x8x8", 512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+
+
+def tpu_devices(topology: str) -> tuple[Chip, list[jax.Device]]:
+    """The chip and devices of a slice named like ``v5e-16`` or ``v4-32`` (Cloud names:
+    v4-N and v5p-N count TensorCores, two a chip; v5e-N and v6e-N count chips)."""
+    from jax.experimental import topologies
+
+    match = re.fullmatch(r"(v4|v5e|v5p|v6e)-(\d+)", topology)
+    if not match:
+        raise ValueError(f"--topology={topology}: expected v4-N, v5e-N, v5p-N or v6e-N")
+    chip = CHIPS[match.group(1)]
+    chips = int(match.group(2)) // chip.cores_per_chip
+    grid = (_GRID_3D if chip.cores_per_chip == 2 else _GRID_2D).get(chips)
+    if grid is None:
+        raise ValueError(f"--topology={topology}: no {chip.name} slice of {chips} chips")
+    if not os.environ.get("TPU_LIBRARY_PATH") and not _has_libtpu_package():
+        raise FileNotFoundError("no libtpu: run `python tools/fetch_assets.py --only libtpu` "
+                                "(or set TPU_LIBRARY_PATH)")
+    kwargs = {"chip_config_name": "megacore"} if chip.name == "v4" else {}
+    desc = topologies.get_topology_desc(topology_name=f"{chip.name}:{grid}", platform="tpu",
+                                        **kwargs)
+    return chip, list(desc.devices)
+
+
+def _has_libtpu_package() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("libtpu") is not None
+
+
+def architecture(hf_dir: str, field: str) -> ModelConfig:
+    """A model's architecture: its HF directory's config.json if present, else the card
+    ``configs/architectures/<directory name>.json``."""
+    path = pathlib.Path(hf_dir) if hf_dir else assets.smollm2_dir()
+    for candidate in (path / "config.json", ARCHITECTURES / f"{path.name}.json"):
+        if candidate.is_file():
+            return ModelConfig.from_hf_dict(json.loads(candidate.read_text()), source=str(candidate))
+    raise FileNotFoundError(f"{field}={hf_dir}: no config.json there and no card "
+                            f"{ARCHITECTURES / (path.name + '.json')}")
+
+
+def _abstract(tree, shardings):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        tree, shardings)
+
+
+def _per_device_bytes(tree) -> int:
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+               for x in jax.tree.leaves(tree))
+
+
+def _largest(tree, n: int = 5) -> list[str]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    sized = sorted(((math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize,
+                     jax.tree_util.keystr(p), x) for p, x in leaves), key=lambda t: -t[0])
+    return [f"{name} {tuple(x.shape)} {x.dtype}: {b / GiB:.2f} GiB a chip"
+            for b, name, x in sized[:n]]
+
+
+def _model_state(config: ModelConfig, dtype: str, param_dtype: str, mesh):
+    """Abstract (graphdef, params, rest) of a model, sharded by the project's rules."""
+    model = abstract_model(config, jnp.dtype(dtype), jnp.dtype(param_dtype))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    for state, shardings in ((params, param_shardings(params, mesh)),
+                             (rest, jax.tree.map(lambda _: shd.replicated(mesh), rest))):
+        nnx.replace_by_pure_dict(state, _abstract(nnx.to_pure_dict(state),
+                                                  nnx.to_pure_dict(shardings)))
+    return graphdef, params, rest
+
+
+def _compile(name: str, lowered) -> Any:
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    print(f"compiled {name} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return compiled
+
+
+@dataclasses.dataclass
+class Program:
+    name: str
+    compiled: Any
+    resident: int  # bytes a chip of the arguments that live across programs (weights, state)
+    repeats: int  # times a step runs it (XLA's cost analysis counts a loop body once)
+
+    def memory(self) -> dict[str, int]:
+        m = self.compiled.memory_analysis()
+        total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                 - m.alias_size_in_bytes)
+        return {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
+                "temporaries": m.temp_size_in_bytes, "aliased": m.alias_size_in_bytes,
+                "total": total}
+
+    def cost(self) -> dict[str, float]:
+        c = self.compiled.cost_analysis()
+        c = c[0] if isinstance(c, list) else c
+        return {"flops": float(c.get("flops", 0.0)),
+                "bytes_accessed": float(c.get("bytes accessed", 0.0))}
+
+
+def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device]
+                     ) -> tuple[list[Program], dict[str, Any]]:
+    """Lower and compile the step's programs for ``devices``; also the resident state."""
+    mesh = shd.make_mesh(dict(c.mesh), devices=devices)
+    config_lib.validate(c, num_devices=mesh.size)
+    policy = architecture(c.model.hf_dir, "config.model.hf_dir")
+    prompts, group = c.train.prompts_per_step, c.rollout.num_samples
+    width = sampler_lib.bucket(c.rollout.max_prompt_len, 16)
+    new = c.rollout.max_new_tokens
+    graphdef, params, rest = _model_state(policy, c.model.dtype, c.model.param_dtype, mesh)
+    tx, _ = train_lib.optimizer(c)
+    opt_sh = train_lib.optimizer_shardings(tx, params, mesh)
+    opt_state = _abstract(jax.eval_shape(tx.init, params), opt_sh)
+    step, reference = train_lib.update_programs(
+        c, graphdef, tx, mesh, param_shardings=jax.tree.map(lambda x: x.sharding, params),
+        opt_shardings=opt_sh)
+
+    def rows(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=shd.batch_sharding(mesh, len(shape),
+                                                                              shape[0]))
+
+    batch = UpdateBatch(rows((prompts, width), jnp.int32), rows((prompts, width), jnp.bool_),
+                        *(rows((prompts * group, new), dt) for dt in
+                          (jnp.int32, jnp.float32, jnp.float32, jnp.float32)),
+                        rows((prompts * group,), jnp.float32))
+    micro_batches = prompts * group // c.algo.micro_batch_size
+    state_bytes = {"policy parameters": _per_device_bytes(params),
+                   "optimizer state": _per_device_bytes(opt_state)}
+    programs = [Program("update (fwd+bwd+optimizer)",
+                        _compile("update", step.lower(params, rest, opt_state, batch)),
+                        _per_device_bytes((params, opt_state)), micro_batches * c.algo.num_updates)]
+    if c.algo.beta > 0:
+        state_bytes["reference parameters"] = state_bytes["policy parameters"]
+        programs.append(Program("reference log-probs", _compile("reference", reference.lower(params, rest, batch)),
+                                _per_device_bytes(params), micro_batches))
+    programs += _sampler_programs(c, graphdef, params, rest, mesh, width, new)
+    if c.reward.helpfulness != "none":
+        rm = (architecture(c.reward.rm_dir, "config.reward.rm_dir")
+              if c.reward.helpfulness == "classifier" else policy)
+        rm_graphdef, rm_params, rm_rest = _model_state(rm, c.model.dtype, c.model.dtype, mesh)
+        state_bytes["reward model"] = _per_device_bytes(rm_params)
+
+        def rm_forward(p, r, ids, mask):
+            model = nnx.merge(rm_graphdef, p, r)
+            hidden = last_token_hidden(model, ids, mask)
+            return classifier_scores(model, hidden) if model.score is not None else hidden[:, 0]
+
+        shape = (c.reward.rm_batch_size, c.reward.rm_max_len)
+        benign_rollouts = prompts * group // 2
+        programs.append(Program(
+            "reward model forward",
+            _compile("reward model", jax.jit(rm_forward).lower(
+                rm_params, rm_rest, rows(shape, jnp.int32), rows(shape, jnp.bool_))),
+            _per_device_bytes(rm_params), math.ceil(benign_rollouts / shape[0])))
+    return programs, {"mesh": dict(mesh.shape), "state_bytes": state_bytes,
+                      "largest": _largest((params, opt_state))}
+
+
+def _sampler_programs(c, graphdef, params, rest, mesh, width: int, new: int) -> list[Program]:
+    """Prefill, one decode step (the per-token cost) and the decode loop (its memory)."""
+    prompts, group = c.train.prompts_per_step, c.rollout.num_samples
+    sampler_graphdef, state = nnx.split(nnx.merge(graphdef, params, rest))
+    ctl = sampler_lib._Controls(jnp.float32(1.0), jnp.float32(1.0), jnp.int32(new),
+                                jnp.zeros((2,), jnp.int32), None)
+    mode = sampler_lib.SamplingMode(greedy=False, top_k=0, top_p=False)
+    slots = sampler_lib.bucket(width + new, 16)
+    ids = jax.ShapeDtypeStruct((prompts, width), jnp.int32,
+                               sharding=shd.batch_sharding(mesh, 2, prompts))
+    mask = jax.ShapeDtypeStruct((prompts, width), jnp.bool_,
+                                sharding=shd.batch_sharding(mesh, 2, prompts))
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    static = dict(mode=mode, num_samples=group, cache_len=slots,
+                  out_len=sampler_lib.bucket(new, 16), mesh=mesh)
+    prefill = _compile("prefill", sampler_lib._prefill.lower(
+        sampler_graphdef, state, ids, mask, key, ctl, **static))
+    shapes = jax.eval_shape(functools.partial(sampler_lib._prefill, **static), sampler_graphdef,
+                            state, ids, mask, key, ctl)
+    st = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes,
+                      prefill.output_shardings)
+    one_step = jax.jit(lambda s, st: sampler_lib._decode_step(
+        nnx.merge(sampler_graphdef, s), st, ctl, mode, mesh))
+    weights = _per_device_bytes(params)
+    return [Program("sampler prefill", prefill, weights, 1),
+            Program("sampler decode (one token)",
+                    _compile("decode step", one_step.lower(state, st)), weights, new - 1),
+            Program("sampler decode loop (memory)", _compile(
+                "decode loop", sampler_lib._decode_chunk.lower(
+                    sampler_graphdef, state, st, ctl, mode=mode, mesh=mesh)), weights, 0)]
+
+
+def plan(c: ml_collections.ConfigDict, topology: str) -> dict[str, Any]:
+    """Compile and summarise: per-program memory, cost and roofline time, and the step."""
+    chip, devices = tpu_devices(topology)
+    programs, info = compile_programs(c, devices)
+    resident = sum(info["state_bytes"].values())
+    rows, step_time, peak = [], 0.0, resident
+    for p in programs:
+        mem, cost = p.memory(), p.cost()
+        seconds = max(cost["flops"] / chip.peak_bf16_flops,
+                      cost["bytes_accessed"] / chip.hbm_bytes_per_s)
+        need = resident + mem["total"] - p.resident
+        peak = max(peak, need)
+        step_time += seconds * p.repeats
+        rows.append({"program": p.name, **mem, "need_with_resident_state": need, **cost,
+                     "roofline_s": seconds, "runs_a_step": p.repeats})
+    return {"topology": topology, "chip": dataclasses.asdict(chip), "devices": len(devices),
+            "mesh": info["mesh"], "micro_batch_size": c.algo.micro_batch_size,
+            "resident_state_bytes": info["state_bytes"], "peak_bytes_a_chip": peak,
+            "fits": peak <= chip.hbm_bytes, "step_roofline_s": step_time, "programs": rows,
+            "largest_tensors": info["largest"]}
+
+
+def report(result: dict[str, Any]) -> str:
+    chip, gib = result["chip"], GiB
+    lines = [f"{result['topology']}: {result['devices']} devices, mesh {result['mesh']}, "
+             f"micro-batch {result['micro_batch_size']}; {chip['name']} "
+             f"{chip['hbm_bytes'] / gib:.0f} GiB HBM, {chip['peak_bf16_flops'] / 1e12:.0f} "
+             f"TFLOP/s bf16, {chip['hbm_bytes_per_s'] / 1e9:.0f} GB/s ({chip['source']})",
+             "", "| program | args GiB | out GiB | temp GiB | need GiB (+ resident) | GFLOP | "
+             "GB accessed | roofline ms | runs a step |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["programs"]:
+        lines.append(f"| {r['program']} | {r['arguments'] / gib:.2f} | {r['outputs'] / gib:.2f} | "
+                     f"{r['temporaries'] / gib:.2f} | {r['need_with_resident_state'] / gib:.2f} | "
+                     f"{r['flops'] / 1e9:.1f} | {r['bytes_accessed'] / 1e9:.2f} | "
+                     f"{r['roofline_s'] * 1e3:.2f} | {r['runs_a_step']} |")
+    state = ", ".join(f"{k} {v / gib:.2f}" for k, v in result["resident_state_bytes"].items())
+    lines += ["", f"resident a chip (GiB): {state}",
+              f"peak a chip: {result['peak_bytes_a_chip'] / gib:.2f} of {chip['hbm_bytes'] / gib:.0f} "
+              f"GiB: {'fits' if result['fits'] else 'DOES NOT FIT'}",
+              f"one RL step at the roofline: {result['step_roofline_s']:.2f} s"]
+    return "\n".join(lines)
+
+
+def search(c: ml_collections.ConfigDict, topology: str) -> list[dict[str, Any]]:
+    """Every (data, fsdp, tensor) mesh and whole-group micro-batch the slice and config
+    allow, compiled; sorted fits first, then by estimated step time."""
+    _, devices = tpu_devices(topology)
+    n, group = len(devices), c.rollout.num_samples
+    rows = c.train.prompts_per_step * group
+    policy = architecture(c.model.hf_dir, "config.model.hf_dir")
+    results = []
+    for tensor in (t for t in (1, 2, 4, 8) if n % t == 0 and policy.num_kv_heads % t == 0):
+        for data in (d for d in (1, 2, 4, 8) if (n // tensor) % d == 0):
+            for micro in (m for m in range(group, rows + 1, group) if rows % m == 0):
+                trial = ml_collections.ConfigDict(c.to_dict())
+                trial.mesh = dict(data=data, fsdp=n // tensor // data, tensor=tensor)
+                trial.algo.micro_batch_size = micro
+                try:
+                    results.append(plan(trial, topology))
+                except (ValueError, config_lib.ConfigValueError) as e:
+                    print(f"skip mesh {dict(trial.mesh)} micro {micro}: {e}", file=sys.stderr)
+    return sorted(results, key=lambda r: (not r["fits"], r["step_roofline_s"]))
+
+
+# --config (and the trainer's other flags) come with the trainer's module.
+flags.DEFINE_string("topology", None, "Cloud TPU slice: v4-8 ... v4-4096, v5e-1 ... v5e-256, "
+                    "v5p-8 ..., v6e-1 ... v6e-256.")
+flags.DEFINE_bool("search", False, "Try every mesh shape and micro-batch size; report the "
+                  "fastest that fits.")
+flags.DEFINE_string("json", None, "Write the plan (or the search results) here as JSON.")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    c = train_lib.CONFIG_FLAG.value
+    config_lib.apply_algorithm_presets(c)
+    try:
+        if flags.FLAGS.search:
+            results = search(c, flags.FLAGS.topology)
+            for r in results:
+                print(f"mesh {r['mesh']} micro {r['micro_batch_size']}: peak "
+                      f"{r['peak_bytes_a_chip'] / GiB:.2f} GiB ({'fits' if r['fits'] else 'no'}), "
+                      f"step {r['step_roofline_s']:.2f} s")
+            best = results[0] if results else None
+        else:
+            best = results = plan(c, flags.FLAGS.topology)
+    except (ValueError, FileNotFoundError, config_lib.ConfigValueError) as e:
+        sys.exit(f"aot: {e}")
+    if flags.FLAGS.json:
+        pathlib.Path(flags.FLAGS.json).write_text(json.dumps(results, indent=2, default=str))
+    if best is None:
+        sys.exit("aot: no mesh shape and micro-batch size compiled")
+    print(report(best))
+    if not best["fits"]:
+        sys.exit("aot: does not fit: the largest per-chip tensors are " + "; ".join(
+            best["largest_tensors"]) + ". Try more fsdp (--config.mesh.fsdp), a smaller "
+            "--config.algo.micro_batch_size or rollout.max_new_tokens, bf16 parameters "
+            "(--config.model.param_dtype=bfloat16), or --search.")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "topology"])
+    app.run(main)

@@ -1,0 +1,79 @@
+"""Ahead-of-time compilation for a TPU slice with the real TPU compiler (libtpu), no TPU:
+a tiny architecture on v5e-8, checked against what its shapes say, and a plan that does not
+fit. Runs in subprocesses: libtpu must be set up before JAX starts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from alphaalign_jax import assets
+from tests.tiny_run import REPO
+
+TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+        "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": 512, "max_position_embeddings": 512,
+        "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+OVERRIDES = ["--config.rollout.max_prompt_len=64", "--config.rollout.max_new_tokens=32",
+             "--config.rollout.num_samples=4", "--config.train.prompts_per_step=8",
+             "--config.algo.micro_batch_size=16", "--config.algo.beta=0.04",
+             "--config.reward.helpfulness=lm_judge", "--config.reward.rm_batch_size=8",
+             "--config.reward.rm_max_len=96"]
+
+pytestmark = pytest.mark.skipif(not assets.libtpu_path().is_file(),
+                                reason="libtpu not fetched (tools/fetch_assets.py --only libtpu)")
+
+
+def run_aot(tmp_path, *extra: str, prelude: str = "") -> subprocess.CompletedProcess:
+    (tmp_path / "tiny").mkdir(exist_ok=True)
+    (tmp_path / "tiny" / "config.json").write_text(json.dumps(TINY))
+    argv = ["aot", "--config=configs/smollm2_135m_cpu.py", "--topology=v5e-8",
+            f"--config.model.hf_dir={tmp_path / 'tiny'}", f"--json={tmp_path / 'plan.json'}",
+            *OVERRIDES, *extra]
+    code = (f"import sys; sys.argv = {argv!r}\nimport alphaalign_jax.aot as aot\n{prelude}\n"
+            "from absl import app\napp.run(aot.main)")
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_tiny_config_compiles_for_v5e_8_and_its_numbers_follow_its_shapes(tmp_path):
+    out = run_aot(tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["devices"] == 8 and plan["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert plan["fits"] and "fits" in out.stdout and "one RL step at the roofline" in out.stdout
+    programs = {p["program"]: p for p in plan["programs"]}
+    assert set(programs) == {"update (fwd+bwd+optimizer)", "reference log-probs",
+                             "sampler prefill", "sampler decode (one token)",
+                             "sampler decode loop (memory)", "reward model forward"}
+    # float32 parameters, sharded 8 ways: embeddings and head, then per layer q, o (64 x 64),
+    # k, v (64 x 32), gate, up, down (64 x 128) and two norms; the final norm
+    params = 2 * 512 * 64 + 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64) + 64
+    per_chip = plan["resident_state_bytes"]["policy parameters"]
+    assert params * 4 / 8 <= per_chip <= 1.1 * params * 4 / 8
+    assert plan["resident_state_bytes"]["optimizer state"] >= 2 * per_chip  # Adam's two moments
+    # 2 micro-batches of 16 completions; 31 decode steps after the prefill's first token
+    assert programs["update (fwd+bwd+optimizer)"]["runs_a_step"] == 2
+    assert programs["sampler decode (one token)"]["runs_a_step"] == 31
+    assert all(p["flops"] > 0 and p["total"] > 0 for p in plan["programs"])
+    update, decode = programs["update (fwd+bwd+optimizer)"], programs["sampler decode (one token)"]
+    assert update["flops"] > 20 * decode["flops"]  # 16 x 96 tokens fwd+bwd vs 32 rows x 1 token
+
+
+def test_a_plan_that_does_not_fit_fails_naming_the_tensors(tmp_path):
+    small = ("import dataclasses\naot.CHIPS['v5e'] = dataclasses.replace(aot.CHIPS['v5e'], "
+             "hbm_bytes=1 << 16)")
+    out = run_aot(tmp_path, prelude=small)
+    assert out.returncode == 1
+    assert "DOES NOT FIT" in out.stdout
+    assert "aot: does not fit: the largest per-chip tensors are" in out.stderr
+    assert "--config.mesh.fsdp" in out.stderr
+
+
+def test_unknown_topology_is_one_line(tmp_path):
+    out = run_aot(tmp_path, "--topology=v5e-7")
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == (
+        "aot: --topology=v5e-7: no v5e slice of 7 chips")
