@@ -27,10 +27,11 @@ pytestmark = pytest.mark.skipif(not assets.libtpu_path().is_file(),
                                 reason="libtpu not fetched (tools/fetch_assets.py --only libtpu)")
 
 
-def run_aot(tmp_path, *extra: str, prelude: str = "") -> subprocess.CompletedProcess:
+def run_aot(tmp_path, *extra: str, prelude: str = "", topology: str = "v5e-8"
+            ) -> subprocess.CompletedProcess:
     (tmp_path / "tiny").mkdir(exist_ok=True)
     (tmp_path / "tiny" / "config.json").write_text(json.dumps(TINY))
-    argv = ["aot", "--config=configs/smollm2_135m_cpu.py", "--topology=v5e-8",
+    argv = ["aot", "--config=configs/smollm2_135m_cpu.py", f"--topology={topology}",
             f"--config.model.hf_dir={tmp_path / 'tiny'}", f"--json={tmp_path / 'plan.json'}",
             *OVERRIDES, *extra]
     code = (f"import sys; sys.argv = {argv!r}\nimport alphaalign_jax.aot as aot\n{prelude}\n"
@@ -39,21 +40,23 @@ def run_aot(tmp_path, *extra: str, prelude: str = "") -> subprocess.CompletedPro
                           text=True, timeout=900)
 
 
-def test_tiny_config_compiles_for_v5e_8_and_its_numbers_follow_its_shapes(tmp_path):
-    out = run_aot(tmp_path)
+@pytest.mark.parametrize("topology, chips", [("v5e-8", 8), ("v4-8", 4)])
+def test_tiny_config_compiles_for_a_slice_and_its_numbers_follow_its_shapes(tmp_path, topology,
+                                                                          chips):
+    out = run_aot(tmp_path, topology=topology)
     assert out.returncode == 0, out.stderr[-3000:]
     plan = json.loads((tmp_path / "plan.json").read_text())
-    assert plan["devices"] == 8 and plan["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert plan["devices"] == chips and plan["mesh"] == {"data": 1, "fsdp": chips, "tensor": 1}
     assert plan["fits"] and "fits" in out.stdout and "one RL step at the roofline" in out.stdout
     programs = {p["program"]: p for p in plan["programs"]}
     assert set(programs) == {"update (fwd+bwd+optimizer)", "reference log-probs",
                              "sampler prefill", "sampler decode (one token)",
                              "sampler decode loop (memory)", "reward model forward"}
-    # float32 parameters, sharded 8 ways: embeddings and head, then per layer q, o (64 x 64),
-    # k, v (64 x 32), gate, up, down (64 x 128) and two norms; the final norm
+    # float32 parameters sharded over the chips: embeddings and head, then per layer q, o
+    # (64 x 64), k, v (64 x 32), gate, up, down (64 x 128) and two norms; the final norm
     params = 2 * 512 * 64 + 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64) + 64
     per_chip = plan["resident_state_bytes"]["policy parameters"]
-    assert params * 4 / 8 <= per_chip <= 1.1 * params * 4 / 8
+    assert params * 4 / chips <= per_chip <= 1.1 * params * 4 / chips
     assert plan["resident_state_bytes"]["optimizer state"] >= 2 * per_chip  # Adam's two moments
     # 2 micro-batches of 16 completions; 31 decode steps after the prefill's first token
     assert programs["update (fwd+bwd+optimizer)"]["runs_a_step"] == 2
