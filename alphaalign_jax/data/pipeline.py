@@ -177,7 +177,26 @@ def _tfds_builder_class() -> type:
     return _builder_class
 
 
-class Subset(Sequence[PromptRecord]):
+class _RecordView(Sequence[PromptRecord]):
+    """Random access to records; a subclass gives ``__len__`` and ``_record(i)`` for
+    ``0 <= i < len``, and gets negative indices and slices from here."""
+
+    def _record(self, index: int) -> PromptRecord:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> PromptRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[PromptRecord]: ...
+    def __getitem__(self, index: int | slice) -> PromptRecord | list[PromptRecord]:
+        if isinstance(index, slice):
+            return [self._record(i) for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        return self._record(index % len(self))
+
+
+class Subset(_RecordView):
     """A view of some records of a random-access collection, by index (read on access)."""
 
     def __init__(self, data: Sequence[PromptRecord], indices: Sequence[int]) -> None:
@@ -188,17 +207,11 @@ class Subset(Sequence[PromptRecord]):
     def __len__(self) -> int:
         return len(self._indices)
 
-    @overload
-    def __getitem__(self, index: int) -> PromptRecord: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[PromptRecord]: ...
-    def __getitem__(self, index: int | slice) -> PromptRecord | list[PromptRecord]:
-        if isinstance(index, slice):
-            return [self._data[i] for i in self._indices[index]]
+    def _record(self, index: int) -> PromptRecord:
         return self._data[self._indices[index]]
 
 
-class TfdsPrompts(Sequence[PromptRecord]):
+class TfdsPrompts(_RecordView):
     """A tfds ``ArrayRecordDataSource`` read back as ``PromptRecord``s."""
 
     def __init__(self, source: Any) -> None:
@@ -207,16 +220,8 @@ class TfdsPrompts(Sequence[PromptRecord]):
     def __len__(self) -> int:
         return len(self._source)
 
-    @overload
-    def __getitem__(self, index: int) -> PromptRecord: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[PromptRecord]: ...
-    def __getitem__(self, index: int | slice) -> PromptRecord | list[PromptRecord]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if not -len(self) <= index < len(self):
-            raise IndexError(index)
-        row = self._source[index % len(self)]
+    def _record(self, index: int) -> PromptRecord:
+        row = self._source[index]
         return PromptRecord(**{name: row[name].decode("utf-8") for name in FIELDS})
 
 
