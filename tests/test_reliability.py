@@ -217,3 +217,46 @@ def test_checkpoints_name_their_tokenizer_by_absolute_path(tiny, tmp_path, monke
     train_lib.Trainer(c, tmp_path).run()
     _, tokenizer_dir = read_model_config(tmp_path / "checkpoints" / "2")
     assert tokenizer_dir == tiny[0].absolute()
+
+
+@pytest.mark.assets
+def test_non_finite_loss_names_the_last_verified_checkpoint(tiny, tmp_path):
+    """Defect 2: the NaN message named the damaged checkpoint as the latest good one."""
+    import jax
+    import jax.numpy as jnp
+
+    train_lib.Trainer(tiny_config(tiny, 2), tmp_path).run()
+    trainer = train_lib.Trainer(tiny_config(tiny, 4), tmp_path)
+    assert trainer.restore_latest()
+    trainer.params = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), trainer.params)
+    with pytest.raises(train_lib.NonFiniteError,
+                       match=rf"latest good checkpoint: {tmp_path}/checkpoints/2\)"):
+        trainer.train_one_step()
+
+
+@pytest.mark.assets
+def test_user_errors_name_the_file_or_directory(tiny, tmp_path):
+    """Defect 8: an empty training file blamed harmful_fraction; a policy directory without
+    a tokenizer gave transformers' backend error."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    c = tiny_config(tiny, 2)
+    c.data.train_file = str(empty)
+    with pytest.raises(config_lib.ConfigValueError, match=rf"{empty} holds no prompts"):
+        train_lib.Trainer(c, tmp_path / "a")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text((tiny[0] / "config.json").read_text())
+    with pytest.raises(CheckpointError, match=rf"config.model.hf_dir={bare}: no tokenizer files"):
+        train_lib.Trainer(tiny_config(tiny, 2, policy=bare), tmp_path / "b")
+
+
+def test_evaluate_user_errors_are_one_line(tmp_path):
+    from alphaalign_jax import evaluate
+
+    with pytest.raises(SystemExit, match="evaluate: /nonexistent: no such file or directory"):
+        evaluate.main(["--model", "/nonexistent", "--out", str(tmp_path / "a"), "--judge", "none"])
+    held = RunDirLock(tmp_path / "b", "evaluation").acquire()
+    with pytest.raises(SystemExit, match=r"evaluate: .* is in use by evaluation pid"):
+        evaluate.main(["--model", "/nonexistent", "--out", str(tmp_path / "b"), "--judge", "none"])
+    held.release()
