@@ -323,6 +323,15 @@ class Trainer:
             + (f"step {max(good)}; re-run the same command to resume from it" if good
                else "none") + ".")
 
+    def _check_async_save(self) -> None:
+        """A failed background checkpoint write stops the run at the next step, not at the
+        next checkpoint (the check does not wait for a save in progress)."""
+        try:
+            self.checkpoints.check_for_errors()
+        except Exception as e:
+            steps = self.checkpoints.all_steps()
+            raise self._write_error(max(steps) if steps else self.step, e) from e
+
     def _seal_finished_checkpoints(self) -> None:
         """Wait for the asynchronous save and write the manifest of every checkpoint that
         lacks one; a failed asynchronous write stops the run here, in one line."""
@@ -554,6 +563,7 @@ class Trainer:
         try:
             while self.step < c.train.steps:
                 metrics = self.train_one_step()
+                self._check_async_save()
                 preempted = (self._stop_signal is not None
                              or self.checkpoints.reached_preemption(self.step))
                 t0 = time.perf_counter()

@@ -260,3 +260,23 @@ def test_evaluate_user_errors_are_one_line(tmp_path):
     with pytest.raises(SystemExit, match=r"evaluate: .* is in use by evaluation pid"):
         evaluate.main(["--model", "/nonexistent", "--out", str(tmp_path / "b"), "--judge", "none"])
     held.release()
+
+
+@pytest.mark.assets
+def test_a_failed_background_save_stops_the_next_step(tiny, tmp_path, monkeypatch):
+    """Defect 7: the asynchronous save's error surfaced only at the next checkpoint."""
+    c = tiny_config(tiny, 6)
+    c.train.async_checkpointing = True
+    trainer = train_lib.Trainer(c, tmp_path)
+    real_check = trainer.checkpoints.check_for_errors
+
+    def check():
+        if trainer.step == 3:  # the save of step 2 failed in the background
+            raise OSError(28, "No space left on device")
+        return real_check()
+
+    monkeypatch.setattr(trainer.checkpoints, "check_for_errors", check)
+    with pytest.raises(train_lib.CheckpointWriteError, match="No space left on device"):
+        trainer.run()
+    written = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in written] == [1, 2]
