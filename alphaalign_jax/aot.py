@@ -122,7 +122,8 @@ def architecture(hf_dir: str, field: str) -> ModelConfig:
     path = pathlib.Path(hf_dir) if hf_dir else assets.smollm2_dir()
     for candidate in (path / "config.json", ARCHITECTURES / f"{path.name}.json"):
         if candidate.is_file():
-            return ModelConfig.from_hf_dict(json.loads(candidate.read_text()), source=str(candidate))
+            return ModelConfig.from_hf_dict(json.loads(candidate.read_text()),
+                                            source=str(candidate))
     raise FileNotFoundError(f"{field}={hf_dir}: no config.json there and no card "
                             f"{ARCHITECTURES / (path.name + '.json')}")
 
@@ -218,7 +219,8 @@ def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device]
                         _per_device_bytes((params, opt_state)), micro_batches * c.algo.num_updates)]
     if c.algo.beta > 0:
         state_bytes["reference parameters"] = state_bytes["policy parameters"]
-        programs.append(Program("reference log-probs", _compile("reference", reference.lower(params, rest, batch)),
+        programs.append(Program("reference log-probs",
+                                _compile("reference", reference.lower(params, rest, batch)),
                                 _per_device_bytes(params), micro_batches))
     programs += _sampler_programs(c, graphdef, params, rest, mesh, width, new)
     if c.reward.helpfulness != "none":
@@ -304,7 +306,8 @@ def report(result: dict[str, Any]) -> str:
              f"{chip['hbm_bytes'] / gib:.0f} GiB HBM, {chip['peak_bf16_flops'] / 1e12:.0f} "
              f"TFLOP/s bf16, {chip['hbm_bytes_per_s'] / 1e9:.0f} GB/s ({chip['source']})",
              "", "| program | args GiB | out GiB | temp GiB | need GiB (+ resident) | GFLOP | "
-             "GB accessed | roofline ms | runs a step |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "GB accessed | roofline ms | runs a step |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["programs"]:
         lines.append(f"| {r['program']} | {r['arguments'] / gib:.2f} | {r['outputs'] / gib:.2f} | "
                      f"{r['temporaries'] / gib:.2f} | {r['need_with_resident_state'] / gib:.2f} | "
@@ -312,8 +315,8 @@ def report(result: dict[str, Any]) -> str:
                      f"{r['roofline_s'] * 1e3:.2f} | {r['runs_a_step']} |")
     state = ", ".join(f"{k} {v / gib:.2f}" for k, v in result["resident_state_bytes"].items())
     lines += ["", f"resident a chip (GiB): {state}",
-              f"peak a chip: {result['peak_bytes_a_chip'] / gib:.2f} of {chip['hbm_bytes'] / gib:.0f} "
-              f"GiB: {'fits' if result['fits'] else 'DOES NOT FIT'}",
+              f"peak a chip: {result['peak_bytes_a_chip'] / gib:.2f} of "
+              f"{chip['hbm_bytes'] / gib:.0f} GiB: {'fits' if result['fits'] else 'DOES NOT FIT'}",
               f"one RL step at the roofline: {result['step_roofline_s']:.2f} s"]
     return "\n".join(lines)
 

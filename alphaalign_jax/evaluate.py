@@ -411,7 +411,8 @@ def markdown_table(results: dict[str, dict[str, float]],
 
     for m in metrics:
         lines.append(f"| {m} | " + " | ".join(cell(n, m) for n in names) + " |")
-    note = "\nIn brackets: 95% Wilson interval over the prompts behind each rate.\n" if sizes else ""
+    note = ("\nIn brackets: 95% Wilson interval over the prompts behind each rate.\n"
+            if sizes else "")
     return "\n".join(lines) + "\n" + note
 
 

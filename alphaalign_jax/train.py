@@ -611,8 +611,8 @@ def main(argv: list[str]) -> None:
         logging.warning("preempted: checkpoint saved in %s; re-run the same command to resume",
                         FLAGS.workdir)
         sys.exit(0)
-    except (config_lib.ConfigValueError, CheckpointError, CheckpointWriteError, NonFiniteError, RunDirLocked, DataError,
-            PromptTooLong, FileNotFoundError) as e:
+    except (config_lib.ConfigValueError, CheckpointError, CheckpointWriteError, NonFiniteError,
+            RunDirLocked, DataError, PromptTooLong, FileNotFoundError) as e:
         sys.exit(f"train: {e}")  # a user-facing condition: one line, no traceback
 
 
