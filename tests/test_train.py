@@ -158,13 +158,6 @@ def test_resuming_with_another_model_is_refused_naming_the_field(tiny_setup, uni
     assert "rope:" in result.stderr and "100000.0" in result.stderr
 
 
-def test_unknown_config_field_fails_at_the_command_line(tmp_path):
-    result = subprocess.run(train_command(tmp_path, ["--config.optim.lr=1e-5"]), cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
-    assert "lr" in result.stderr and ("not found" in result.stderr or "KeyError" in result.stderr)
-
-
 def test_non_finite_gradient_is_not_applied():
     import optax
     from flax import nnx
