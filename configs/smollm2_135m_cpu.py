@@ -1,4 +1,4 @@
-"""The bundled default: AlphaAlign GRPO on SmolLM2-135M-Instruct that learns on a 2-core CPU.
+"""The bundled default: AlphaAlign GRPO on SmolLM2-135M-Instruct, about 29 min on a 2-core CPU.
 
     python -m alphaalign_jax.train --config=configs/smollm2_135m_cpu.py --workdir=runs/smollm2
 
@@ -14,6 +14,8 @@ What makes the reward learnable at this size, measured in docs/learning.md:
 - no helpfulness reward model (reward.helpfulness="none"): it halves the CPU step, and the
   135M judge's margins are small;
 - learning rate 3e-5 (the paper's 1e-6 is for 3B-7B models over 200 steps).
+What it learns (docs/learning.md): the tags, by copying the worked examples into every answer;
+not the refuse/comply decision, which collapses to "never refuse" with these settings.
 """
 
 from alphaalign_jax.config import base_config
