@@ -157,9 +157,23 @@ def _model_state(config: ModelConfig, dtype: str, param_dtype: str, mesh):
     return graphdef, params, rest
 
 
+class DoesNotFit(Exception):
+    """The TPU compiler itself found that a program's memory exceeds the chip's HBM."""
+
+    def __init__(self, program: str, message: str) -> None:
+        super().__init__(f"{program}: {message}")
+        self.program = program
+        self.largest: list[str] = []
+
+
 def _compile(name: str, lowered) -> Any:
     start = time.perf_counter()
-    compiled = lowered.compile()
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        raise DoesNotFit(name, str(e).strip().splitlines()[0]) from None
     print(f"compiled {name} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return compiled
 
@@ -212,6 +226,20 @@ def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device]
                           (jnp.int32, jnp.float32, jnp.float32, jnp.float32)),
                         rows((prompts * group,), jnp.float32))
     micro_batches = prompts * group // c.algo.micro_batch_size
+    largest = _largest((params, opt_state))
+    try:
+        programs, state_bytes = _compile_all(c, policy, graphdef, params, rest, opt_state, step,
+                                             reference, batch, rows, mesh, width, new,
+                                             micro_batches)
+    except DoesNotFit as e:
+        e.largest = largest
+        raise
+    return programs, {"mesh": dict(mesh.shape), "state_bytes": state_bytes, "largest": largest}
+
+
+def _compile_all(c, policy, graphdef, params, rest, opt_state, step, reference, batch, rows,
+                 mesh, width, new, micro_batches):
+    prompts, group = c.train.prompts_per_step, c.rollout.num_samples
     state_bytes = {"policy parameters": _per_device_bytes(params),
                    "optimizer state": _per_device_bytes(opt_state)}
     programs = [Program("update (fwd+bwd+optimizer)",
@@ -241,8 +269,7 @@ def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device]
             _compile("reward model", jax.jit(rm_forward).lower(
                 rm_params, rm_rest, rows(shape, jnp.int32), rows(shape, jnp.bool_))),
             _per_device_bytes(rm_params), math.ceil(benign_rollouts / shape[0])))
-    return programs, {"mesh": dict(mesh.shape), "state_bytes": state_bytes,
-                      "largest": _largest((params, opt_state))}
+    return programs, state_bytes
 
 
 def _sampler_programs(c, graphdef, params, rest, mesh, width: int, new: int) -> list[Program]:
@@ -337,10 +364,17 @@ def search(c: ml_collections.ConfigDict, topology: str) -> list[dict[str, Any]]:
                 trial.algo.micro_batch_size = micro
                 try:
                     results.append(plan(trial, topology))
+                except DoesNotFit as e:
+                    results.append({"mesh": dict(trial.mesh), "micro_batch_size": micro,
+                                    "fits": False, "error": str(e), "step_roofline_s": math.inf})
                 except (ValueError, config_lib.ConfigValueError) as e:
                     print(f"skip mesh {dict(trial.mesh)} micro {micro}: {e}", file=sys.stderr)
     return sorted(results, key=lambda r: (not r["fits"], r["step_roofline_s"]))
 
+
+SUGGESTIONS = ("Try more fsdp (--config.mesh.fsdp), a smaller --config.algo.micro_batch_size or "
+               "rollout.max_new_tokens, bf16 parameters (--config.model.param_dtype=bfloat16), "
+               "a larger slice, or --search.")
 
 # --config (and the trainer's other flags) come with the trainer's module.
 flags.DEFINE_string("topology", None, "Cloud TPU slice: v4-8 ... v4-4096, v5e-1 ... v5e-256, "
@@ -358,24 +392,25 @@ def main(argv: list[str]) -> None:
         if flags.FLAGS.search:
             results = search(c, flags.FLAGS.topology)
             for r in results:
-                print(f"mesh {r['mesh']} micro {r['micro_batch_size']}: peak "
-                      f"{r['peak_bytes_a_chip'] / GiB:.2f} GiB ({'fits' if r['fits'] else 'no'}), "
-                      f"step {r['step_roofline_s']:.2f} s")
-            best = results[0] if results else None
+                print(f"mesh {r['mesh']} micro {r['micro_batch_size']}: " + (
+                      r["error"] if "error" in r else f"peak {r['peak_bytes_a_chip'] / GiB:.2f} "
+                      f"GiB ({'fits' if r['fits'] else 'no'}), step {r['step_roofline_s']:.2f} s"))
+            best = results[0] if results and "error" not in results[0] else None
         else:
             best = results = plan(c, flags.FLAGS.topology)
+    except DoesNotFit as e:
+        sys.exit(f"aot: does not fit on {flags.FLAGS.topology}: {e}. The largest per-chip "
+                 f"tensors are {'; '.join(e.largest)}. {SUGGESTIONS}")
     except (ValueError, FileNotFoundError, config_lib.ConfigValueError) as e:
         sys.exit(f"aot: {e}")
     if flags.FLAGS.json:
         pathlib.Path(flags.FLAGS.json).write_text(json.dumps(results, indent=2, default=str))
     if best is None:
-        sys.exit("aot: no mesh shape and micro-batch size compiled")
+        sys.exit("aot: no mesh shape and micro-batch size fits (see above)")
     print(report(best))
     if not best["fits"]:
         sys.exit("aot: does not fit: the largest per-chip tensors are " + "; ".join(
-            best["largest_tensors"]) + ". Try more fsdp (--config.mesh.fsdp), a smaller "
-            "--config.algo.micro_batch_size or rollout.max_new_tokens, bf16 parameters "
-            "(--config.model.param_dtype=bfloat16), or --search.")
+            best["largest_tensors"]) + ". " + SUGGESTIONS)
 
 
 if __name__ == "__main__":

@@ -80,3 +80,19 @@ def test_unknown_topology_is_one_line(tmp_path):
     out = run_aot(tmp_path, "--topology=v5e-7")
     assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == (
         "aot: --topology=v5e-7: no v5e slice of 7 chips")
+
+
+def test_the_compilers_out_of_memory_is_a_does_not_fit_report(tmp_path):
+    """What the TPU compiler says for the paper's Qwen2.5-3B update on v5e-16 (measured:
+    102.60G of temporaries against 15.75G of HBM) ends in one line, not a traceback."""
+    refuse = ("import jax, jax.stages\n"
+              "def refuse(self, *args, **kwargs):\n"
+              "    raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Ran out of memory on HBM, "
+              "the total memory required for HLO temporaries (102.60G) exceeds available HBM "
+              "(15.75G).')\n"
+              "jax.stages.Lowered.compile = refuse")
+    out = run_aot(tmp_path, prelude=refuse)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("aot: does not fit on v5e-8: update: RESOURCE_EXHAUSTED")
+    assert "(102.60G) exceeds available HBM" in last and "largest per-chip tensors" in last
