@@ -173,7 +173,7 @@ def _compile(name: str, lowered) -> Any:
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
-        raise DoesNotFit(name, str(e).strip().splitlines()[0]) from None
+        raise DoesNotFit(name, str(e).strip().splitlines()[0].rstrip(".")) from None
     print(f"compiled {name} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return compiled
 
@@ -226,7 +226,7 @@ def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device]
                           (jnp.int32, jnp.float32, jnp.float32, jnp.float32)),
                         rows((prompts * group,), jnp.float32))
     micro_batches = prompts * group // c.algo.micro_batch_size
-    largest = _largest((params, opt_state))
+    largest = _largest({"params": params, "optimizer": opt_state})
     try:
         programs, state_bytes = _compile_all(c, policy, graphdef, params, rest, opt_state, step,
                                              reference, batch, rows, mesh, width, new,
