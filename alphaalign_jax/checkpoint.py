@@ -60,6 +60,11 @@ def write_manifest(path: str | pathlib.Path) -> pathlib.Path:
     return tmp.replace(path / MANIFEST)
 
 
+def has_manifest(path: str | pathlib.Path) -> bool:
+    """Whether a checkpoint has been sealed with a manifest (no hashing)."""
+    return (pathlib.Path(path) / MANIFEST).is_file()
+
+
 def verify_manifest(path: str | pathlib.Path) -> list[str] | None:
     """What differs from the checkpoint's manifest ([] when intact), or None without one."""
     path = pathlib.Path(path)

@@ -249,10 +249,11 @@ class Evaluator:
     def refused(self, completion: str) -> bool:
         return refusal_of(completion, self.settings.refusal_phrases)
 
-    def prompt_text(self, record: PromptRecord) -> str:
+    def prompt_text(self, record: PromptRecord, prefix: str | None = None) -> str:
+        """The chat prompt, then ``prefix`` (default: the run's response prefix)."""
         st = self.settings
         return (build_chat_prompt(record.prompt, self.tokenizer, st.template, st.system_prompt)
-                + st.response_prefix)
+                + (st.response_prefix if prefix is None else prefix))
 
     def check_prompt_lengths(self, records: Sequence[PromptRecord], origin: pathlib.Path,
                              attack_tokens: int = 0) -> None:
@@ -282,14 +283,12 @@ class Evaluator:
             idx = range(start, min(start + batch, len(records)))
             prompts, forced = [], []
             for i in idx:
-                prompt = build_chat_prompt(records[i].prompt, self.tokenizer, st.template,
-                                           st.system_prompt)
                 prefix = st.response_prefix
                 if prefill_tokens:  # the attack replaces the start of the response
                     ids = self.tokenizer(compliance_prefix(records[i].prompt),
                                          add_special_tokens=False)["input_ids"][:prefill_tokens]
                     prefix = self.tokenizer.decode(ids)
-                prompts.append(prompt + prefix)
+                prompts.append(self.prompt_text(records[i], prefix))
                 forced.append(prefix)
             out = self.sampler.generate(
                 prompts, max_new_tokens=st.max_new_tokens, num_samples=samples,
@@ -324,10 +323,7 @@ class Evaluator:
 
         greedy = self.generate("harmful", harmful)
         harmful_cats = self.categories(greedy)
-        by_source = defaultdict(list)
-        for record, cat in zip(harmful, harmful_cats):
-            by_source[record.source].append(cat)
-        for source, cats in sorted(by_source.items()):
+        for source, cats in _by_source(harmful, harmful_cats):
             rate(f"asr/{source}", [c == "complied" for c in cats])
         rate("asr/all", [c == "complied" for c in harmful_cats])
         rate("refusal_rate/harmful", [c == "refusal" for c in harmful_cats])
@@ -338,10 +334,7 @@ class Evaluator:
         benign_rows = self.generate("benign", benign)
         benign_cats = self.categories(benign_rows)
         rate("over_refusal_rate", [c == "refusal" for c in benign_cats])
-        by_source = defaultdict(list)
-        for record, cat in zip(benign, benign_cats):
-            by_source[record.source].append(cat)
-        for source, cats in sorted(by_source.items()):
+        for source, cats in _by_source(benign, benign_cats):
             rate(f"over_refusal_rate/{source}", [c == "refusal" for c in cats])
         rate("truncated_rate/benign", [c == "truncated" for c in benign_cats])
         rate("format_rate/benign", [format_verifier(self.scored(r)) == 1 for r in benign_rows])
@@ -383,6 +376,14 @@ class Evaluator:
         path = self.out / "examples.md"
         path.write_text("\n".join(lines))
         return path
+
+
+def _by_source(records: Sequence[PromptRecord], cats: Sequence[str]) -> list[tuple[str, list]]:
+    """The categories of each source's prompts, sources in sorted order."""
+    by_source = defaultdict(list)
+    for record, cat in zip(records, cats):
+        by_source[record.source].append(cat)
+    return sorted(by_source.items())
 
 
 def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -522,9 +523,10 @@ def _main(argv: list[str] | None = None) -> dict:
                     "benign_prompts": len(benign), "prompts_behind_each_rate": sizes}
     (args.out / "results.json").write_text(json.dumps({**results, "_meta": results_meta},
                                                       indent=2))
-    (args.out / "results.md").write_text(markdown_table(results, sizes))
+    table = markdown_table(results, sizes)
+    (args.out / "results.md").write_text(table)
     plot(results, args.out / "eval.png")
-    print(markdown_table(results, sizes))
+    print(table)
     lock.release()
     return results
 

@@ -43,6 +43,7 @@ from alphaalign_jax import config as config_lib
 from alphaalign_jax import sharding as shd
 from alphaalign_jax.checkpoint import (
     config_diff,
+    has_manifest,
     model_config_item,
     read_model_config,
     verify_manifest,
@@ -173,6 +174,12 @@ def update_programs(c: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
     return step, ref
 
 
+def _first_line(error: Exception, limit: int) -> str:
+    """An exception as one short line (orbax and OS errors can run to hundreds)."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else repr(error)
+
+
 class Trainer:
     """Owns the models, compiled functions, data and checkpoints of one run.
 
@@ -207,7 +214,7 @@ class Trainer:
                 max_to_keep=c.train.keep_checkpoints,
                 enable_async_checkpointing=c.train.async_checkpointing))
         # Nothing in the workdir is rewritten before its checkpoints are known to fit.
-        self._check_checkpoint_model()
+        self._check_checkpoint_model(self.checkpoints.latest_step())
         (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
         self.graphdef, self.params, self.rest = nnx.split(policy, nnx.Param, ...)
         self.ref_params = (jax.tree.map(jnp.copy, self.params) if c.algo.beta > 0 else None)
@@ -283,10 +290,9 @@ class Trainer:
     def _step_dir(self, step: int) -> pathlib.Path:
         return self.workdir / "checkpoints" / str(step)
 
-    def _check_checkpoint_model(self) -> None:
-        """The newest checkpoint must be of the configured model (read from its small
+    def _check_checkpoint_model(self, step: int | None) -> None:
+        """Checkpoint ``step`` must be of the configured model (read from its small
         ``model_config`` item, before any large restore)."""
-        step = self.checkpoints.latest_step()
         if step is None:
             return
         try:
@@ -314,7 +320,7 @@ class Trainer:
             raise self._write_error(self.step, e) from e
 
     def _write_error(self, step: int, error: Exception) -> CheckpointWriteError:
-        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else repr(error)
+        reason = _first_line(error, 300)
         good = [s for s in self.checkpoints.all_steps()
                 if s != step and verify_manifest(self._step_dir(s)) == []]
         return CheckpointWriteError(
@@ -323,10 +329,12 @@ class Trainer:
             + (f"step {max(good)}; re-run the same command to resume from it" if good
                else "none") + ".")
 
-    def _check_async_save(self) -> None:
-        """A failed background checkpoint write stops the run at the next step, not at the
-        next checkpoint (the check does not wait for a save in progress)."""
+    def _check_async_save(self, wait: bool = False) -> None:
+        """A failed background checkpoint write stops the run in one line: after every step
+        (without waiting for a save in progress), or, with ``wait``, once it has finished."""
         try:
+            if wait:
+                self.checkpoints.wait_until_finished()
             self.checkpoints.check_for_errors()
         except Exception as e:
             steps = self.checkpoints.all_steps()
@@ -334,17 +342,12 @@ class Trainer:
 
     def _seal_finished_checkpoints(self) -> None:
         """Wait for the asynchronous save and write the manifest of every checkpoint that
-        lacks one; a failed asynchronous write stops the run here, in one line."""
-        try:
-            self.checkpoints.wait_until_finished()
-            self.checkpoints.check_for_errors()
-        except Exception as e:
-            steps = self.checkpoints.all_steps()
-            raise self._write_error(max(steps) if steps else self.step, e) from e
+        lacks one (sealed checkpoints are not hashed again)."""
+        self._check_async_save(wait=True)
         if jax.process_index() != 0:
             return
         for step in self.checkpoints.all_steps():
-            if verify_manifest(self._step_dir(step)) is None:
+            if not has_manifest(self._step_dir(step)):
                 write_manifest(self._step_dir(step))
 
     def _set_aside(self, step: int, reason: str) -> pathlib.Path:
@@ -374,11 +377,11 @@ class Trainer:
                     model_config=ocp.args.JsonRestore(),
                     train_state=ocp.args.JsonRestore()))
             except Exception as e:  # orbax raises many kinds for a truncated or torn file
-                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else repr(e)
-                set_aside.append((step, self._set_aside(step, f"cannot be read ({first})")))
+                set_aside.append((step, self._set_aside(
+                    step, f"cannot be read ({_first_line(e, 200)})")))
                 continue
             if restored["model_config"]["hf_config"] != self.model_config.hf_config:
-                self._check_checkpoint_model()  # raises, naming the differing fields
+                self._check_checkpoint_model(step)  # raises, naming the differing fields
             nnx.replace_by_pure_dict(self.params, restored["params"])
             self.opt_state = restored["opt_state"]
             self.prompts.restore(restored["train_state"]["data"])
@@ -587,7 +590,7 @@ class Trainer:
 
 
 CONFIG_FLAG = config_flags.DEFINE_config_file("config", None, "Training config file.",
-                                          lock_config=True)
+                                              lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, plots.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host "
                   "TPU/GPU: every host runs the same command and the same host-side work).")
