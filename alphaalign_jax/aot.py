@@ -57,6 +57,7 @@ from alphaalign_jax import train as train_lib  # noqa: E402
 from alphaalign_jax.models import ModelConfig  # noqa: E402
 from alphaalign_jax.models.hf_io import abstract_model, param_shardings  # noqa: E402
 from alphaalign_jax.rewards.reward_models import classifier_scores, last_token_hidden  # noqa: E402
+from alphaalign_jax.rl.optim import config_optimizer  # noqa: E402
 from alphaalign_jax.rl.step import UpdateBatch  # noqa: E402
 from alphaalign_jax.sampling import sampler as sampler_lib  # noqa: E402
 
@@ -210,8 +211,8 @@ def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device]
     width = sampler_lib.bucket(c.rollout.max_prompt_len, 16)
     new = c.rollout.max_new_tokens
     graphdef, params, rest = _model_state(policy, c.model.dtype, c.model.param_dtype, mesh)
-    tx, _ = train_lib.optimizer(c)
-    opt_sh = train_lib.optimizer_shardings(tx, params, mesh)
+    tx, _ = config_optimizer(c)
+    opt_sh = shd.optimizer_shardings(tx, params, mesh)
     opt_state = _abstract(jax.eval_shape(tx.init, params), opt_sh)
     step, reference = train_lib.update_programs(
         c, graphdef, tx, mesh, param_shardings=jax.tree.map(lambda x: x.sharding, params),
@@ -387,7 +388,6 @@ flags.DEFINE_string("json", None, "Write the plan (or the search results) here a
 def main(argv: list[str]) -> None:
     del argv
     c = train_lib.CONFIG_FLAG.value
-    config_lib.apply_algorithm_presets(c)
     try:
         if flags.FLAGS.search:
             results = search(c, flags.FLAGS.topology)

@@ -11,17 +11,18 @@ from __future__ import annotations
 import ml_collections
 
 from alphaalign_jax.rewards import DEFAULT_REFUSAL_PHRASES, DEFAULT_SAFETY_TEMPLATE
+from alphaalign_jax.rl import algorithms
 from alphaalign_jax.rl.losses import AGGREGATIONS
 
 HELPFULNESS_BACKENDS = ("lm_judge", "classifier", "none")
-ALGORITHMS = ("grpo", "dapo", "dr_grpo")
 
 
 class ConfigValueError(ValueError):
     """A config value that is out of range or inconsistent with another."""
 
 
-def base_config() -> ml_collections.ConfigDict:
+def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
+    """Every field with its default, for ``algorithm`` (rl/algorithms.py sets its values)."""
     c = ml_collections.ConfigDict()
     c.model = dict(
         hf_dir="",  # HF directory of the policy; "" = the bundled SmolLM2-135M-Instruct
@@ -72,15 +73,23 @@ def base_config() -> ml_collections.ConfigDict:
         normalise_each=False,
     )
     c.algo = dict(
-        name="grpo",  # grpo | dapo (clip-higher, token mean) | dr_grpo (no std, const. length)
+        name="grpo",  # set by the config's algorithm (rl/algorithms.py), not on its own
         clip_low=0.2,
         clip_high=0.2,
-        beta=0.04,  # k3 KL coefficient; 0 skips the reference model entirely
+        beta=0.04,  # k3 KL coefficient in the loss; 0 (and kl_penalty 0) skips the reference
         aggregation="token_mean",
         scale_by_std=True,
-        num_updates=1,  # policy updates per rollout batch
+        num_updates=1,  # epochs over each rollout batch
+        mini_batches=1,  # optimizer steps an epoch, each over a shuffled share of the groups
         micro_batch_size=8,  # sequences per gradient micro-batch
         logprob_chunk=128,
+        # PPO (algorithms with a critic)
+        gamma=1.0,  # GAE discount
+        lam=1.0,  # GAE lambda
+        kl_penalty=0.0,  # per-token KL to the reference subtracted from the reward
+        whiten_advantages=True,
+        value_clip=0.2,  # clipped value loss range
+        critic_dir="",  # HF 1-label classifier to start the critic from; "" = the policy
     )
     c.optim = dict(
         learning_rate=1e-6,
@@ -91,6 +100,20 @@ def base_config() -> ml_collections.ConfigDict:
         b2=0.999,
         eps=1e-8,
         max_grad_norm=1.0,
+        critic_learning_rate=1e-5,  # the critic's Adam (same schedule and clipping)
+    )
+    # Rejection-sampling fine-tuning warm start before the first RL step (rl/rft.py): sample
+    # ``rounds`` training batches under ``system_prompt`` (a scaffold, e.g. worked examples),
+    # keep what the verifiers accept (tags, refusal exactly on harmful, nothing copied from
+    # the scaffold) and fine-tune on it under the training prompt. rounds=0: no warm start.
+    c.rft = dict(
+        rounds=0,
+        system_prompt="",  # the scaffold sampled under; "" = the training system_prompt
+        temperature=0.0,  # sampling temperature of the warm start; 0 = rollout.temperature
+        copy_words=6,  # a kept sample shares no run of this many words with the scaffold
+        epochs=2,
+        learning_rate=1e-4,
+        min_kept=8,  # fewer kept samples than this is an error (the scaffold does not work)
     )
     c.train = dict(
         steps=100,
@@ -102,6 +125,7 @@ def base_config() -> ml_collections.ConfigDict:
         plot=True,
         log_samples=2,  # rollouts a step written to samples.jsonl (first of each prompt)
     )
+    algorithms.apply(c, algorithm)
     return c
 
 
@@ -125,8 +149,12 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(c.algo.logprob_chunk >= 1, "algo.logprob_chunk",
              "must be >= 1 (vocabulary rows per log-prob chunk)")
     _require("{prompt}" in c.template, "template", "must contain the {prompt} slot")
-    _require(r.num_samples >= 2, "rollout.num_samples",
-             f"GRPO needs >= 2 rollouts a prompt to compare, got {r.num_samples}")
+    _require(a.name in algorithms.ALGORITHMS, "algo.name",
+             f"'{a.name}' is not one of {tuple(algorithms.ALGORITHMS)}; choose it with "
+             "--config=FILE:NAME so its settings apply before your overrides")
+    critic = algorithms.get(a.name).critic
+    _require(r.num_samples >= (1 if critic else 2), "rollout.num_samples",
+             f"{a.name} needs >= 2 rollouts a prompt to compare, got {r.num_samples}")
     _require(r.max_prompt_len > 0, "rollout.max_prompt_len", "must be > 0")
     _require(r.max_new_tokens > 0, "rollout.max_new_tokens", "must be > 0")
     _require(r.temperature > 0, "rollout.temperature", "must be > 0 (greedy rollouts give "
@@ -138,37 +166,58 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(r.top_k >= 0, "rollout.top_k", "must be >= 0 (0 disables)")
     _require(c.reward.helpfulness in HELPFULNESS_BACKENDS, "reward.helpfulness",
              f"'{c.reward.helpfulness}' is not one of {HELPFULNESS_BACKENDS}")
-    _require(a.name in ALGORITHMS, "algo.name", f"'{a.name}' is not one of {ALGORITHMS}")
     _require(a.aggregation in AGGREGATIONS, "algo.aggregation",
              f"'{a.aggregation}' is not one of {AGGREGATIONS}")
     _require(0 <= a.clip_low < 1, "algo.clip_low", "must be in [0, 1)")
     _require(a.clip_high >= 0, "algo.clip_high", "must be >= 0")
     _require(a.beta >= 0, "algo.beta", "must be >= 0")
     _require(a.num_updates >= 1, "algo.num_updates", "must be >= 1")
-    batch = t.prompts_per_step * r.num_samples
+    _require(t.prompts_per_step % max(a.mini_batches, 1) == 0 and a.mini_batches >= 1,
+             "algo.mini_batches", f"must be >= 1 and divide train.prompts_per_step = "
+             f"{t.prompts_per_step} (mini-batches hold whole groups)")
+    _require(0 <= a.gamma <= 1, "algo.gamma", "must be in [0, 1]")
+    _require(0 <= a.lam <= 1, "algo.lam", "must be in [0, 1]")
+    _require(a.kl_penalty >= 0, "algo.kl_penalty", "must be >= 0")
+    _require(a.value_clip > 0, "algo.value_clip", "must be > 0")
+    _require(o.critic_learning_rate >= 0, "optim.critic_learning_rate", "must be >= 0")
+    _require(critic or a.kl_penalty == 0, "algo.kl_penalty",
+             f"is the per-token reward penalty of algorithms with a critic; {a.name} takes "
+             "its KL in the loss (algo.beta)")
+    batch = t.prompts_per_step * r.num_samples // max(a.mini_batches, 1)
     _require(t.prompts_per_step >= 1, "train.prompts_per_step", "must be >= 1")
     _require(a.micro_batch_size >= 1 and batch % a.micro_batch_size == 0, "algo.micro_batch_size",
-             f"must divide prompts_per_step * num_samples = {batch}")
+             f"must divide a mini-batch: prompts_per_step * num_samples / mini_batches = {batch}")
     _require(a.micro_batch_size % r.num_samples == 0, "algo.micro_batch_size",
              f"must hold whole groups: a multiple of rollout.num_samples = {r.num_samples} "
              f"(each prompt is computed once for its group)")
     _require(a.micro_batch_size % num_devices == 0 or num_devices % a.micro_batch_size == 0,
              "algo.micro_batch_size", f"must be a multiple of the {num_devices} devices")
+    _require(c.rft.rounds >= 0, "rft.rounds", "must be >= 0 (0: no warm start)")
+    _require(c.rft.temperature >= 0, "rft.temperature", "must be >= 0 (0: rollout's)")
+    _require(c.rft.copy_words >= 1, "rft.copy_words", "must be >= 1")
+    _require(c.rft.epochs >= 1, "rft.epochs", "must be >= 1")
+    _require(c.rft.learning_rate > 0, "rft.learning_rate", "must be > 0")
+    _require(c.rft.min_kept >= 1, "rft.min_kept", "must be >= 1")
     _require(t.steps >= 1, "train.steps", "must be >= 1")
     _require(t.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
     _require(o.learning_rate >= 0, "optim.learning_rate", "must be >= 0")
-    _require(0 <= o.warmup_steps <= t.steps * a.num_updates, "optim.warmup_steps",
-             "must be in [0, train.steps * algo.num_updates]")
+    _require(0 <= o.warmup_steps <= t.steps * a.num_updates * a.mini_batches,
+             "optim.warmup_steps",
+             "must be in [0, train.steps * algo.num_updates * algo.mini_batches]")
     _require(o.schedule in ("cosine", "constant"), "optim.schedule",
              f"'{o.schedule}' is not cosine or constant")
 
 
-def apply_algorithm_presets(c: ml_collections.ConfigDict) -> None:
-    """The variant named by ``algo.name`` fixes the knobs that define it."""
-    if c.algo.name == "dapo":
-        c.algo.clip_high = max(c.algo.clip_high, 0.28)
-        c.algo.aggregation = "token_mean"
-    elif c.algo.name == "dr_grpo":
-        c.algo.scale_by_std = False
-        c.algo.aggregation = "dr_grpo"
+def parse_config_arg(arg: str, options: tuple[str, ...] = ()) -> tuple[str, set[str]]:
+    """The ``ARG`` of ``--config=FILE:ARG``: an algorithm name (default grpo) and/or the
+    config file's own ``options``, comma-separated (``:ppo``, ``:rft``, ``:rft,ppo``)."""
+    words = {w.strip() for w in arg.split(",") if w.strip()}
+    names = words & set(algorithms.ALGORITHMS)
+    unknown = words - names - set(options)
+    if unknown or len(names) > 1:
+        raise ConfigValueError(
+            f"config argument {arg!r}: expected at most one algorithm of "
+            f"{tuple(algorithms.ALGORITHMS)}" + (f" and options of {options}" if options else "")
+            + (f"; unknown: {sorted(unknown)}" if unknown else ""))
+    return (names.pop() if names else "grpo"), words - names

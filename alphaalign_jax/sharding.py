@@ -107,6 +107,27 @@ def batch_sharding(mesh: Mesh, ndim: int, batch_size: int | None = None) -> Name
     return named_sharding(mesh, ("batch",) + (None,) * (ndim - 1), shape)
 
 
+def optimizer_shardings(tx, params, mesh: Mesh):
+    """Shardings of ``tx.init(params)``: each moment buffer like its parameter (matched by
+    path suffix and shape), everything else (step counts) replicated on the mesh."""
+    by_path = {jax.tree_util.keystr(path): leaf
+               for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+    def one(path, leaf):
+        key = jax.tree_util.keystr(path)
+        for suffix, param in by_path.items():
+            if key.endswith(suffix) and param.shape == leaf.shape:
+                return param.sharding
+        return replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(one, jax.eval_shape(tx.init, params))
+
+
+def init_optimizer(tx, params, mesh: Mesh):
+    """``tx.init(params)`` placed by :func:`optimizer_shardings`."""
+    return jax.jit(tx.init, out_shardings=optimizer_shardings(tx, params, mesh))(params)
+
+
 def to_host(tree):
     """Device arrays to NumPy on every process.
 

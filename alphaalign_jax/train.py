@@ -18,6 +18,7 @@ function of the step), and SIGTERM (TPU preemption) saves and exits cleanly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -57,10 +58,13 @@ from alphaalign_jax.rundir import RunDirLock, RunDirLocked
 from alphaalign_jax.models import CheckpointError, from_pretrained, load_tokenizer
 from alphaalign_jax.rewards import AlphaAlignReward, RewardFn, SafetyRewardConfig, build_chat_prompt
 from alphaalign_jax.rewards.reward_models import make_reward_model
+from alphaalign_jax.rl import algorithms, rft
 from alphaalign_jax.rl.advantages import group_advantages
-from alphaalign_jax.rl.optim import make_optimizer
+from alphaalign_jax.rl.critic import Critic
+from alphaalign_jax.rl.optim import config_optimizer, make_optimizer
 from alphaalign_jax.rl.step import LossSettings, UpdateBatch, reference_logprobs, train_step
 from alphaalign_jax.sampling import Rollouts, Sampler
+from alphaalign_jax.sampling.sampler import bucket
 
 FLAGS = flags.FLAGS
 
@@ -118,31 +122,6 @@ class BalancedPrompts:
                 source.restore(state[name])
 
 
-def optimizer_shardings(tx: optax.GradientTransformation, params: nnx.State, mesh) -> Any:
-    """Shardings of ``tx.init(params)``: each moment buffer like its parameter (matched by
-    path suffix and shape), everything else (step counts) replicated on the mesh."""
-    by_path = {jax.tree_util.keystr(path): leaf
-               for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-
-    def one(path, leaf):
-        key = jax.tree_util.keystr(path)
-        for suffix, param in by_path.items():
-            if key.endswith(suffix) and param.shape == leaf.shape:
-                return param.sharding
-        return shd.replicated(mesh)
-
-    return jax.tree_util.tree_map_with_path(one, jax.eval_shape(tx.init, params))
-
-
-def optimizer(c: ml_collections.ConfigDict):
-    """The config's optax transformation and its learning-rate schedule."""
-    return make_optimizer(
-        learning_rate=c.optim.learning_rate, total_steps=c.train.steps * c.algo.num_updates,
-        warmup_steps=c.optim.warmup_steps, schedule=c.optim.schedule,
-        weight_decay=c.optim.weight_decay, b1=c.optim.b1, b2=c.optim.b2, eps=c.optim.eps,
-        max_grad_norm=c.optim.max_grad_norm)
-
-
 def loss_settings(c: ml_collections.ConfigDict) -> LossSettings:
     return LossSettings(
         clip_low=float(c.algo.clip_low), clip_high=float(c.algo.clip_high),
@@ -154,10 +133,11 @@ def loss_settings(c: ml_collections.ConfigDict) -> LossSettings:
 
 def update_programs(c: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
                     tx: optax.GradientTransformation, mesh, *, param_shardings, opt_shardings,
-                    on_trace=lambda: None):
+                    on_trace=lambda: None, kind: str = "clipped"):
     """The jitted optimizer step (parameters and optimizer state donated) and reference
-    log-prob pass of a config: what the trainer runs and ``aot`` compiles for a TPU."""
-    settings = loss_settings(c)
+    log-prob pass of a config: what the trainer runs and ``aot`` compiles for a TPU.
+    ``kind="nll"`` makes it the supervised step of the RFT warm start."""
+    settings = loss_settings(c)._replace(kind=kind)
 
     def step_fn(params, rest, opt_state, batch):
         on_trace()
@@ -172,6 +152,20 @@ def update_programs(c: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
         group_size=c.rollout.num_samples, temperature=settings.temperature,
         chunk=settings.logprob_chunk))
     return step, ref
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _take_groups(batch: UpdateBatch, order: jax.Array, group_size: int) -> tuple[UpdateBatch, ...]:
+    """Mini-batches of whole groups: ``order[i]`` lists the prompts of mini-batch i."""
+    rows = (order[..., None] * group_size + jnp.arange(group_size)).reshape(order.shape[0], -1)
+
+    def take(x, index):
+        return None if x is None else x[index]
+
+    per_prompt = {"prompt_ids", "prompt_mask"}
+    return tuple(UpdateBatch(**{f: take(getattr(batch, f), order[i] if f in per_prompt else rows[i])
+                                for f in UpdateBatch._fields})
+                 for i in range(order.shape[0]))
 
 
 def _first_line(error: Exception, limit: int) -> str:
@@ -194,7 +188,6 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
-        config_lib.apply_algorithm_presets(config)
         self.mesh = shd.make_mesh(dict(config.mesh))
         config_lib.validate(config, num_devices=self.mesh.size)
         self.config = config
@@ -217,10 +210,12 @@ class Trainer:
         self._check_checkpoint_model(self.checkpoints.latest_step())
         (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
         self.graphdef, self.params, self.rest = nnx.split(policy, nnx.Param, ...)
-        self.ref_params = (jax.tree.map(jnp.copy, self.params) if c.algo.beta > 0 else None)
-        self.tx, self.lr_schedule = optimizer(c)
-        self.opt_state = jax.jit(self.tx.init, out_shardings=optimizer_shardings(
-            self.tx, self.params, self.mesh))(self.params)
+        self.algorithm = algorithms.get(c.algo.name)
+        self.ref_params = (jax.tree.map(jnp.copy, self.params)
+                           if c.algo.beta > 0 or c.algo.kl_penalty > 0 else None)
+        self.critic = Critic(c, policy, self.mesh) if self.algorithm.critic else None
+        self.tx, self.lr_schedule = config_optimizer(c)
+        self.opt_state = shd.init_optimizer(self.tx, self.params, self.mesh)
         self.sampler = Sampler(policy, self.tokenizer, mesh=self.mesh,
                                max_prompt_len=c.rollout.max_prompt_len)
         self.reward_fn = reward_fn or self._alphaalign_reward()
@@ -242,7 +237,11 @@ class Trainer:
         if len(records) == 0:
             raise config_lib.ConfigValueError(f"config.data.train_file: {origin} holds no prompts")
         rows = [records[i] for i in range(len(records))]
-        lengths = [len(ids) for ids in self.sampler.encode([self._prompt_text(r) for r in rows])]
+        # Under every system prompt the run samples with (the warm start's scaffold too).
+        systems = {c.system_prompt} | ({c.rft.system_prompt or c.system_prompt}
+                                       if c.rft.rounds else set())
+        lengths = np.max([[len(ids) for ids in self.sampler.encode(
+            [self._prompt_text(r, system) for r in rows])] for system in systems], axis=0)
         keep = fit_prompt_budget(rows, lengths, c.rollout.max_prompt_len, origin=origin,
                                  field="config.rollout.max_prompt_len", lenient=c.data.lenient)
         round_size = (math.ceil(c.rollout.oversample * c.train.prompts_per_step)
@@ -251,10 +250,12 @@ class Trainer:
                                      round_size, c.data.harmful_fraction, c.data.seed,
                                      str(origin))
 
-    def _prompt_text(self, record: PromptRecord) -> str:
-        """What the policy is conditioned on: chat prompt, then the forced response start."""
+    def _prompt_text(self, record: PromptRecord, system_prompt: str | None = None) -> str:
+        """What the policy is conditioned on: chat prompt (under the training system prompt
+        unless another is given), then the forced response start."""
         c = self.config
-        return (build_chat_prompt(record.prompt, self.tokenizer, c.template, c.system_prompt)
+        system = c.system_prompt if system_prompt is None else system_prompt
+        return (build_chat_prompt(record.prompt, self.tokenizer, c.template, system)
                 + c.rollout.response_prefix)
 
     def _alphaalign_reward(self) -> AlphaAlignReward:
@@ -309,10 +310,13 @@ class Trainer:
         self._seal_finished_checkpoints()
         train_state = {"step": self.step, "data": self.prompts.state(),
                        "seed": int(self.config.train.seed)}
+        critic = {} if self.critic is None else dict(
+            critic_params=ocp.args.StandardSave(nnx.to_pure_dict(self.critic.params)),
+            critic_opt_state=ocp.args.StandardSave(self.critic.opt_state))
         try:
             self.checkpoints.save(self.step, args=ocp.args.Composite(
                 params=ocp.args.StandardSave(nnx.to_pure_dict(self.params)),
-                opt_state=ocp.args.StandardSave(self.opt_state),
+                opt_state=ocp.args.StandardSave(self.opt_state), **critic,
                 model_config=ocp.args.JsonSave(model_config_item(self.model_config,
                                                                  str(self.hf_dir))),
                 train_state=ocp.args.JsonSave(train_state)), force=force)
@@ -370,10 +374,14 @@ class Trainer:
                 set_aside.append((step, self._set_aside(
                     step, "fails verification: " + "; ".join(problems[:3]))))
                 continue
+            critic = {} if self.critic is None else dict(
+                critic_params=ocp.args.StandardRestore(
+                    self._abstract(nnx.to_pure_dict(self.critic.params))),
+                critic_opt_state=ocp.args.StandardRestore(self._abstract(self.critic.opt_state)))
             try:
                 restored = self.checkpoints.restore(step, args=ocp.args.Composite(
                     params=ocp.args.StandardRestore(self._abstract(nnx.to_pure_dict(self.params))),
-                    opt_state=ocp.args.StandardRestore(self._abstract(self.opt_state)),
+                    opt_state=ocp.args.StandardRestore(self._abstract(self.opt_state)), **critic,
                     model_config=ocp.args.JsonRestore(),
                     train_state=ocp.args.JsonRestore()))
             except Exception as e:  # orbax raises many kinds for a truncated or torn file
@@ -384,6 +392,9 @@ class Trainer:
                 self._check_checkpoint_model(step)  # raises, naming the differing fields
             nnx.replace_by_pure_dict(self.params, restored["params"])
             self.opt_state = restored["opt_state"]
+            if self.critic is not None:
+                nnx.replace_by_pure_dict(self.critic.params, restored["critic_params"])
+                self.critic.opt_state = restored["critic_opt_state"]
             self.prompts.restore(restored["train_state"]["data"])
             self.step = int(restored["train_state"]["step"])
             if set_aside:
@@ -403,22 +414,14 @@ class Trainer:
     def _sample_round(self, records: list[PromptRecord], round_index: int):
         """Rollouts of one prompt batch and their rewards: (rollouts, texts, [P, G], metrics)."""
         c = self.config
-        prefix = c.rollout.response_prefix
-        prompts = [self._prompt_text(r) for r in records]
         # The RNG is a function of (seed, step, round), so a resumed run samples alike.
         seed = int(c.train.seed) * 1_000_003 + self.step
         if round_index:
             seed = int(np.random.SeedSequence([seed, round_index]).generate_state(1)[0] >> 1)
         t0 = time.perf_counter()
-        rollouts = self.sampler.generate(
-            prompts, max_new_tokens=c.rollout.max_new_tokens, num_samples=c.rollout.num_samples,
-            temperature=c.rollout.temperature, top_p=c.rollout.top_p, top_k=c.rollout.top_k,
-            seed=seed, stop_strings=tuple(c.rollout.stop_strings),
-            state=nnx.state(nnx.merge(self.graphdef, self.params, self.rest)))
+        rollouts, texts = self._rollouts(records, seed)
         t1 = time.perf_counter()
         group = c.rollout.num_samples
-        texts = [[prefix + t for t in rollouts.texts[i * group:(i + 1) * group]]
-                 for i in range(len(records))]
         rewards, metrics = self.reward_fn(records, texts)
         rewards = np.asarray(rewards, np.float32)
         if rewards.shape != (len(records), group):
@@ -426,6 +429,91 @@ class Trainer:
                              f"{(len(records), group)} (prompts, rollouts per prompt)")
         timing = {"time/rollout_s": t1 - t0, "time/reward_s": time.perf_counter() - t1}
         return rollouts, texts, rewards, metrics, timing
+
+    def _rollouts(self, records: list[PromptRecord], seed: int, system_prompt: str | None = None,
+                  temperature: float = 0.0) -> tuple[Rollouts, list[list[str]]]:
+        """G rollouts of each prompt with the current parameters (at ``temperature``, 0 =
+        the rollout config's), and their texts grouped by prompt as the verifiers score them
+        (response prefix included)."""
+        c = self.config
+        rollouts = self.sampler.generate(
+            [self._prompt_text(r, system_prompt) for r in records],
+            max_new_tokens=c.rollout.max_new_tokens, num_samples=c.rollout.num_samples,
+            temperature=temperature or c.rollout.temperature, top_p=c.rollout.top_p, top_k=c.rollout.top_k,
+            seed=seed, stop_strings=tuple(c.rollout.stop_strings),
+            state=nnx.state(nnx.merge(self.graphdef, self.params, self.rest)))
+        group, prefix = c.rollout.num_samples, c.rollout.response_prefix
+        return rollouts, [[prefix + t for t in rollouts.texts[i * group:(i + 1) * group]]
+                          for i in range(len(records))]
+
+    def warm_start(self) -> dict[str, float]:
+        """The RFT warm start (``config.rft``, rl/rft.py): sample under the scaffold, keep
+        the verified completions, fine-tune on them under the training prompt. Deterministic
+        in the seed, so a run killed during it redoes the same warm start."""
+        c, r = self.config, self.config.rft
+        scaffold = r.system_prompt or c.system_prompt
+        group = c.rollout.num_samples
+        targets, counts, harmful = [], {}, 0
+        t0 = time.perf_counter()
+        for round_index in range(r.rounds):
+            records = self.prompts.next()
+            seed = int(np.random.SeedSequence([c.train.seed, 7, round_index])
+                       .generate_state(1)[0] >> 1)
+            rollouts, texts = self._rollouts(records, seed, scaffold, r.temperature)
+            keep, round_counts = rft.select(records, texts, scaffold=scaffold,
+                                            copy_words=r.copy_words,
+                                            refusal_phrases=tuple(c.reward.refusal_phrases))
+            counts = {k: counts.get(k, 0) + v for k, v in round_counts.items()}
+            train_ids = self.sampler.encode([self._prompt_text(x) for x in records])
+            for p, g in zip(*np.nonzero(keep)):
+                row = p * group + g
+                harmful += records[p].label == "harmful"
+                targets.append(rft.Target(np.asarray(train_ids[p], np.int32),
+                                          rollouts.completion_ids[row],
+                                          rollouts.completion_mask[row]))
+        sampled = sum(counts.values())
+        if len(targets) < r.min_kept:
+            raise config_lib.ConfigValueError(
+                f"config.rft: {len(targets)} of {sampled} warm-start samples passed the "
+                f"verifiers (rejected: {counts}), fewer than rft.min_kept={r.min_kept}; use a "
+                "scaffold the policy follows (rft.system_prompt) or more rft.rounds")
+        t1 = time.perf_counter()
+        tx, _ = make_optimizer(learning_rate=r.learning_rate, total_steps=1, warmup_steps=0,
+                               schedule="constant", weight_decay=0.0, b1=c.optim.b1,
+                               b2=c.optim.b2, eps=c.optim.eps, max_grad_norm=c.optim.max_grad_norm)
+        opt_state = shd.init_optimizer(tx, self.params, self.mesh)
+        sft_step, _ = update_programs(
+            c, self.graphdef, tx, self.mesh,
+            param_shardings=jax.tree.map(lambda x: x.sharding, self.params),
+            opt_shardings=jax.tree.map(lambda x: x.sharding, opt_state), kind="nll")
+        rng = np.random.default_rng([c.train.seed, 7])
+        epoch_loss = []
+        for _ in range(r.epochs):
+            order = rng.permutation(len(targets))
+            batches = rft.pack([targets[i] for i in order], group_size=group,
+                               groups_per_batch=c.train.prompts_per_step,
+                               width_of=lambda n: min(bucket(n, 16), c.rollout.max_prompt_len))
+            losses = []
+            for b in batches:
+                zeros = np.zeros(b["completion_ids"].shape, np.float32)
+                update = self._device_batch(b["prompt_ids"], b["prompt_mask"],
+                                            b["completion_ids"], b["completion_mask"], zeros,
+                                            np.zeros(len(zeros), np.float32))
+                self.params, opt_state, m = sft_step(self.params, self.rest, opt_state, update)
+                losses.append((m["loss"], m["tokens"], m["finite"]))
+            loss, tokens, finite = (np.asarray(x) for x in zip(*shd.to_host(losses)))
+            if not finite.all():
+                raise NonFiniteError("RFT warm start: non-finite loss or gradient; no "
+                                     "checkpoint was written")
+            epoch_loss.append(float((loss * tokens).sum() / max(tokens.sum(), 1)))
+        metrics = {"rft/sampled": sampled, "rft/targets": len(targets),
+                   **{f"rft/rejected_{k}": v for k, v in counts.items() if k != "kept"},
+                   "rft/targets_harmful": harmful,
+                   **{f"rft/nll_epoch{i + 1}": v for i, v in enumerate(epoch_loss)},
+                   "time/rft_sampling_s": t1 - t0, "time/rft_update_s": time.perf_counter() - t1}
+        if jax.process_index() == 0:
+            (self.workdir / "rft.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
 
     def _collect(self):
         """This step's groups: one sampling round, or with dynamic sampling, rounds until
@@ -480,29 +568,48 @@ class Trainer:
                                     "prompt": record.prompt, "completion": texts[0],
                                     "reward": float(rewards[0])}) + "\n")
 
+    def _device_batch(self, prompt_ids, prompt_mask, completion_ids, completion_mask, old_logp,
+                      advantages) -> UpdateBatch:
+        """Host arrays in the UpdateBatch layout ([P, L] prompts, [P * G, C] rows) on the
+        mesh, batch-sharded."""
+        rows = len(completion_ids)
+        per_row = shd.batch_sharding(self.mesh, 2, rows)
+        prompt_ids, prompt_mask = jax.device_put(
+            (prompt_ids.astype(np.int32), prompt_mask.astype(bool)),
+            shd.batch_sharding(self.mesh, 2, len(prompt_ids)))
+        completion_ids, completion_mask, old_logp = jax.device_put(
+            (completion_ids.astype(np.int32), completion_mask.astype(np.float32),
+             old_logp.astype(np.float32)), per_row)
+        return UpdateBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, old_logp,
+                           jnp.zeros_like(old_logp),
+                           jax.device_put(advantages.astype(np.float32),
+                                          shd.batch_sharding(self.mesh, 1, rows)))
+
     def _update_batch(self, rollouts: Rollouts, advantages: np.ndarray,
                       loss_rows: np.ndarray) -> UpdateBatch:
         """Device arrays for the update: each group's prompt once, at the sampler's bucketed
         width (a few static widths, each compiled once), not ``max_prompt_len``; rows outside
         ``loss_rows`` (dynamic-sampling filler) are masked out of the loss."""
         group = self.config.rollout.num_samples
-        rows = len(rollouts)
-        per_prompt = shd.batch_sharding(self.mesh, 2, rows // group)
-        per_row = shd.batch_sharding(self.mesh, 2, rows)
-        prompt_ids, prompt_mask = jax.device_put(
-            (rollouts.prompt_ids[::group].astype(np.int32),
-             rollouts.prompt_mask[::group].astype(bool)), per_prompt)
-        completion_ids, completion_mask, old_logp = jax.device_put(
-            (rollouts.completion_ids.astype(np.int32),
-             (rollouts.completion_mask & loss_rows[:, None]).astype(np.float32),
-             rollouts.logprobs.astype(np.float32)), per_row)
-        batch = UpdateBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, old_logp,
-                            jnp.zeros_like(old_logp),
-                            jax.device_put(advantages.astype(np.float32),
-                                           shd.batch_sharding(self.mesh, 1, rows)))
+        batch = self._device_batch(rollouts.prompt_ids[::group], rollouts.prompt_mask[::group],
+                                   rollouts.completion_ids,
+                                   rollouts.completion_mask & loss_rows[:, None],
+                                   rollouts.logprobs, advantages)
         if self.ref_params is not None:
             batch = batch._replace(ref_logp=self._ref_logprobs(self.ref_params, self.rest, batch))
         return batch
+
+    def _mini_batches(self, batch: UpdateBatch, epoch: int) -> list[UpdateBatch]:
+        """``algo.mini_batches`` shares of whole groups, shuffled afresh each epoch (the order
+        a function of seed, step and epoch, so a resumed run updates alike)."""
+        n = self.config.algo.mini_batches
+        if n == 1:
+            return [batch]
+        prompts = batch.prompt_ids.shape[0]
+        order = np.random.default_rng([self.config.train.seed, self.step, epoch]).permutation(
+            prompts)
+        return list(_take_groups(batch, order.reshape(n, prompts // n),
+                                 self.config.rollout.num_samples))
 
     def train_one_step(self) -> dict[str, float]:
         c = self.config
@@ -510,23 +617,30 @@ class Trainer:
         groups, filler, metrics = self._collect()
         self._log_samples(groups)
         rewards = np.stack([g[3] for g in groups])
-        advantages = np.asarray(group_advantages(rewards, scale_by_std=c.algo.scale_by_std))
         rollouts = Rollouts.concat([g[1] for g in groups])
         group = c.rollout.num_samples
         loss_rows = np.arange(len(groups) * group) < (len(groups) - filler) * group
         t0 = time.perf_counter()
-        update = self._update_batch(rollouts, advantages.reshape(-1), loss_rows)
-        jax.block_until_ready(update.ref_logp)
+        if self.algorithm.advantages == "group":
+            advantages = np.asarray(group_advantages(rewards, scale_by_std=c.algo.scale_by_std))
+            update = self._update_batch(rollouts, advantages.reshape(-1), loss_rows)
+        else:  # GAE over the critic's values, the reward on the last token
+            update = self._update_batch(rollouts, np.zeros(len(rollouts), np.float32), loss_rows)
+            update, critic_metrics = self.critic.estimate(update, rewards.reshape(-1))
+            metrics.update({k: float(v) for k, v in shd.to_host(critic_metrics).items()})
+        jax.block_until_ready(update.advantages)
         t1 = time.perf_counter()
         step_metrics = {}
-        for u in range(c.algo.num_updates):
-            self.params, self.opt_state, m = self._train_step(self.params, self.rest,
-                                                              self.opt_state, update)
-            if u == 0:
-                step_metrics = m
+        for epoch in range(c.algo.num_updates):
+            for mini_batch in self._mini_batches(update, epoch):
+                self.params, self.opt_state, m = self._train_step(self.params, self.rest,
+                                                                  self.opt_state, mini_batch)
+                if self.critic is not None:
+                    m = {**m, **self.critic.update(mini_batch)}
+                step_metrics = step_metrics or m  # the first update's, on fresh rollouts
         host = {k: float(v) for k, v in shd.to_host(step_metrics).items()}
         t2 = time.perf_counter()
-        if not host.pop("finite"):
+        if not (host.pop("finite") and host.pop("critic/finite", True)):
             raise NonFiniteError(
                 f"step {self.step}: non-finite loss ({host['loss']}) or gradient norm "
                 f"({host['grad_norm']}); the update was not applied and no checkpoint was "
@@ -537,7 +651,7 @@ class Trainer:
             "time/update_s": t2 - t1,
             "time/step_s": time.perf_counter() - start,
             "update/prompt_width": float(rollouts.prompt_ids.shape[1]),
-            "lr": float(self.lr_schedule(self.step * c.algo.num_updates)),
+            "lr": float(self.lr_schedule(self.step * c.algo.num_updates * c.algo.mini_batches)),
             "compiles/train_step": self.train_step_traces,
         })
         host["time/host_s"] = host["time/step_s"] - sum(
@@ -558,7 +672,14 @@ class Trainer:
 
     def run(self) -> pathlib.Path:
         c = self.config
-        self.restore_latest()
+        if not self.restore_latest() and c.rft.rounds:
+            metrics = self.warm_start()
+            if self._stop_signal is None:  # a warm start cut short is redone on resume
+                self.save(force=True)  # step 0: the warm-started policy
+                logging.warning("RFT warm start: %d targets from %d samples, NLL %s; saved as "
+                                "step 0", metrics["rft/targets"], metrics["rft/sampled"],
+                                " -> ".join(f"{metrics[f'rft/nll_epoch{i + 1}']:.3f}"
+                                            for i in range(c.rft.epochs)))
         if self._stop_signal is not None:  # preempted while starting: nothing new to save
             raise Preempted()
         writer = (MetricsWriter(self.workdir, total_steps=c.train.steps, initial_step=self.step)
@@ -621,7 +742,13 @@ def main(argv: list[str]) -> None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, with an override of a field the config lacks (``--config.optim.lr``)
-    reported in one line instead of ml_collections' traceback."""
+    reported in one line instead of ml_collections' traceback, and the algorithm chosen where
+    its settings can apply before the overrides (``--config=FILE:ppo``)."""
+    named = [a for a in argv if a.startswith("--config.algo.name")]
+    if named:
+        sys.exit(f"train: {named[0]}: choose the algorithm with --config=FILE:NAME (one of "
+                 f"{', '.join(algorithms.ALGORITHMS)}), so the settings it fixes apply before "
+                 "your --config.* overrides")
     try:
         return app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError) as e:

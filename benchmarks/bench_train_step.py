@@ -43,7 +43,7 @@ def ours(args, workdir: pathlib.Path) -> list[float]:
     records = [PromptRecord(q, label, "bench", f"b{i}") for i, (label, q) in
                enumerate(QUESTIONS[:args.prompts])]
     write_jsonl(workdir / "prompts.jsonl", records)
-    c = base_config()
+    c = base_config("dapo")
     c.rollout.max_prompt_len = 192
     c.data.train_file = str(workdir / "prompts.jsonl")
     c.data.harmful_fraction = 0.5
@@ -53,7 +53,6 @@ def ours(args, workdir: pathlib.Path) -> list[float]:
     c.rollout.response_prefix = ""
     c.reward.helpfulness = "none"
     c.algo.beta = 0.04
-    c.algo.name = "dapo"
     c.algo.micro_batch_size = 8  # gradient accumulation over 4 micro-batches (exact)
     c.optim.learning_rate = 1e-6
     c.optim.warmup_steps = 0

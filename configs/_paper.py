@@ -1,10 +1,13 @@
 """The method's settings shared by the paper-scale configs (AlphaAlign, App. E and method.md)."""
 
-from alphaalign_jax.config import base_config
+from alphaalign_jax.config import base_config, parse_config_arg
 
 
-def paper_config(hf_dir: str):
-    c = base_config()
+def paper_config(hf_dir: str, arg: str = ""):
+    """``arg``: the algorithm (``grpo``, the paper's appendix E.2, by default; ``ppo``, its
+    main runs: a critic at lr 1e-5 started from the policy, GAE, the reward on the last token)."""
+    algorithm, _ = parse_config_arg(arg)
+    c = base_config(algorithm)
     c.model.hf_dir = hf_dir
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "float32"
@@ -16,9 +19,10 @@ def paper_config(hf_dir: str):
     c.reward.rm_dir = "models/FsfairX-LLaMA3-RM-v0.1"  # HF directory, fetched by the user
     c.reward.rm_batch_size = 32
     c.reward.rm_max_len = 2048
-    c.algo.beta = 0.04
+    c.algo.beta = 0.04 if algorithm != "ppo" else 0.0
     c.algo.micro_batch_size = 16
     c.optim.learning_rate = 1e-6  # actor lr
+    c.optim.critic_learning_rate = 1e-5
     c.optim.max_grad_norm = 1.0
     c.train.prompts_per_step = 16  # batch 16 prompts
     c.train.steps = 200  # "< 200 RL steps", about 2 epochs

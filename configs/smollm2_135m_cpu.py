@@ -18,12 +18,18 @@ What it learns (docs/learning.md): the tags, by copying the worked examples into
 not the refuse/comply decision, which collapses to "never refuse" with these settings.
 """
 
-from alphaalign_jax.config import base_config
+from alphaalign_jax.config import base_config, parse_config_arg
 from alphaalign_jax.rewards import WORKED_EXAMPLES_SYSTEM_PROMPT
 
 
-def get_config():
-    c = base_config()
+def get_config(arg: str = ""):
+    """``--config=configs/smollm2_135m_cpu.py:ARG``, ARG comma-separated: an algorithm
+    (``ppo``: a critic from the policy at lr 1e-4, GAE; default grpo) and/or ``rft``: train
+    under the plain template after a rejection-sampling fine-tuning warm start on the policy's
+    own verified samples drawn under the worked examples (alphaalign_jax/rl/rft.py), so no
+    scaffold is left to copy during RL."""
+    algorithm, options = parse_config_arg(arg, options=("rft",))
+    c = base_config(algorithm)
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
     c.system_prompt = WORKED_EXAMPLES_SYSTEM_PROMPT
     c.rollout.num_samples = 8
@@ -41,4 +47,11 @@ def get_config():
     c.train.steps = 20
     c.train.prompts_per_step = 4
     c.train.checkpoint_every = 5
+    if algorithm == "ppo":
+        c.optim.critic_learning_rate = 1e-4  # the critic starts from a zero head
+        c.optim.warmup_steps = 4  # 2 mini-batches a step
+    if "rft" in options:
+        c.system_prompt = ""
+        c.rft.update(rounds=24, system_prompt=WORKED_EXAMPLES_SYSTEM_PROMPT, temperature=0.7,
+                     epochs=2, learning_rate=1e-4)
     return c

@@ -3,9 +3,10 @@ on a tiny random policy, with a reward that has signal from the first step: 1 wh
 completion starts with the first token the policy emitted most often in its first batch
 (the random policy is initialised peaked, so that token starts at a fair share).
 
-The reward must rise by a wide margin. The control run flips the advantage sign and must
-see the reward fall: if a bug ever makes the update push away from high reward, or skips
-it, the first test fails, and the control proves that the measurement can tell the two apart.
+The reward must rise by a wide margin, for GRPO (group advantages) and for PPO (critic, GAE).
+The control run flips the advantage sign and must see the reward fall: if a bug ever makes the
+update push away from high reward, or skips it, the first test fails, and the control proves
+that the measurement can tell the two apart.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import transformers
 
 from alphaalign_jax import config as config_lib
 from alphaalign_jax import train as train_lib
+from alphaalign_jax.rl import critic as critic_lib
 from tests.tiny_run import make_tiny_policy, write_prompts
 
 STEPS = 12
@@ -53,15 +55,15 @@ def tiny_files(tmp_path_factory, smollm2_dir):
             write_prompts(root / "train.jsonl"))
 
 
-def learning_curve(tiny_files, workdir, **algo) -> list[float]:
+def learning_curve(tiny_files, workdir, algorithm) -> list[float]:
     policy, train_file = tiny_files
-    c = config_lib.base_config()
+    c = config_lib.base_config(algorithm)
     c.model.hf_dir = str(policy)
     c.data.train_file = str(train_file)
     c.rollout.update(num_samples=8, max_new_tokens=NEW_TOKENS, max_prompt_len=192,
                      stop_strings=(), temperature=1.0)
-    c.algo.update(beta=0.0, micro_batch_size=16, **algo)
-    c.optim.update(learning_rate=1e-2, max_grad_norm=1.0)
+    c.algo.update(beta=0.0, micro_batch_size=16)
+    c.optim.update(learning_rate=1e-2, critic_learning_rate=1e-2, max_grad_norm=1.0)
     c.train.update(steps=STEPS, prompts_per_step=4, plot=False, async_checkpointing=False)
     reward = FirstTokenReward(transformers.AutoTokenizer.from_pretrained(policy))
     trainer = train_lib.Trainer(c, workdir, reward_fn=reward)
@@ -71,17 +73,32 @@ def learning_curve(tiny_files, workdir, **algo) -> list[float]:
 
 
 @pytest.mark.assets
-def test_grpo_raises_the_reward(tiny_files, tmp_path):
-    curve = learning_curve(tiny_files, tmp_path)
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_training_raises_the_reward(tiny_files, tmp_path, algorithm):
+    curve = learning_curve(tiny_files, tmp_path, algorithm)
     start, end = np.mean(curve[:2]), np.mean(curve[-4:])
     assert end > start + 0.2, f"reward did not rise: {np.round(curve, 3).tolist()}"
 
 
+def flip_advantages(monkeypatch, algorithm: str) -> None:
+    if algorithm == "grpo":
+        advantages = train_lib.group_advantages
+        monkeypatch.setattr(train_lib, "group_advantages", lambda *a, **k: -advantages(*a, **k))
+    else:
+        estimate = critic_lib.ppo_advantages
+
+        def flipped(*args, **kwargs):
+            advantages, returns, metrics = estimate(*args, **kwargs)
+            return -advantages, returns, metrics
+
+        monkeypatch.setattr(critic_lib, "ppo_advantages", flipped)
+
+
 @pytest.mark.assets
-def test_flipped_advantages_lower_the_reward(tiny_files, tmp_path, monkeypatch):
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_flipped_advantages_lower_the_reward(tiny_files, tmp_path, monkeypatch, algorithm):
     """The control: the same run with the advantage sign flipped must go the other way."""
-    advantages = train_lib.group_advantages
-    monkeypatch.setattr(train_lib, "group_advantages", lambda *a, **k: -advantages(*a, **k))
-    curve = learning_curve(tiny_files, tmp_path)
+    flip_advantages(monkeypatch, algorithm)
+    curve = learning_curve(tiny_files, tmp_path, algorithm)
     start, end = np.mean(curve[:2]), np.mean(curve[-4:])
     assert end < start - 0.05, f"reward did not fall: {np.round(curve, 3).tolist()}"

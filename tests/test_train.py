@@ -1,4 +1,5 @@
-"""The training job end to end on a tiny model: resume exactness, preemption, meshes, config."""
+"""The training job end to end on a tiny model, for GRPO and for PPO (critic, GAE, two
+mini-batches, KL in the reward): resume exactness, preemption, meshes, config."""
 
 from __future__ import annotations
 
@@ -47,20 +48,34 @@ def tiny_setup(tmp_path_factory, smollm2_dir):
     return policy, train_file
 
 
+@pytest.fixture(scope="module", params=["grpo", "ppo"])
+def algorithm(request) -> str:
+    return request.param
+
+
+def overrides(tiny_setup, algorithm: str, steps: int = 4) -> list[str]:
+    ppo = ["--config.algo.kl_penalty=0.05", "--config.algo.mini_batches=2",
+           "--config.optim.warmup_steps=0"]
+    return tiny_overrides(*tiny_setup, steps=steps) + (ppo if algorithm == "ppo" else [])
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_setup, tmp_path_factory):
+def uninterrupted(tiny_setup, algorithm, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("full")
-    run_train(workdir, tiny_overrides(*tiny_setup))
+    run_train(workdir, overrides(tiny_setup, algorithm), config_arg=algorithm)
     return workdir, read_metrics(workdir)
 
 
 @pytest.mark.assets
-def test_run_writes_metrics_checkpoints_and_never_recompiles(uninterrupted):
+def test_run_writes_metrics_checkpoints_and_never_recompiles(uninterrupted, algorithm):
     workdir, rows = uninterrupted
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    critic = ("critic/value_loss", "critic/explained_variance", "critic/value_mean",
+              "critic/return_mean", "critic/clip_frac", "critic/grad_norm")
     for key in ("reward/total", "reward/format_rate/harmful", "reward/refusal_rate/harmful",
                 "reward/over_refusal_rate/benign", "kl", "entropy", "clip_frac/high",
-                "logprob_diff/sampler_vs_trainer", "rollout/tokens_per_s", "loss"):
+                "logprob_diff/sampler_vs_trainer", "rollout/tokens_per_s", "loss") + (
+                    critic if algorithm == "ppo" else ()):
         assert all(np.isfinite(r[key]) for r in rows), key
     assert all(r["compiles/train_step"] == 1 for r in rows)
     # sampler log-probs are what the trainer computes for the same tokens (first update)
@@ -71,10 +86,10 @@ def test_run_writes_metrics_checkpoints_and_never_recompiles(uninterrupted):
 
 
 @pytest.mark.assets
-def test_resume_gives_identical_metrics(tiny_setup, uninterrupted, tmp_path):
+def test_resume_gives_identical_metrics(tiny_setup, algorithm, uninterrupted, tmp_path):
     _, full = uninterrupted
-    run_train(tmp_path, tiny_overrides(*tiny_setup, steps=2))
-    run_train(tmp_path, tiny_overrides(*tiny_setup, steps=4))
+    run_train(tmp_path, overrides(tiny_setup, algorithm, steps=2), config_arg=algorithm)
+    run_train(tmp_path, overrides(tiny_setup, algorithm, steps=4), config_arg=algorithm)
     assert_same_metrics(read_metrics(tmp_path), full)
 
 
@@ -91,9 +106,10 @@ def _wait_for(predicate, proc, timeout=600):
 
 @pytest.mark.assets
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_killed_run_resumes_exactly(tiny_setup, uninterrupted, tmp_path, sig):
+def test_killed_run_resumes_exactly(tiny_setup, algorithm, uninterrupted, tmp_path, sig):
     _, full = uninterrupted
-    proc = subprocess.Popen(train_command(tmp_path, tiny_overrides(*tiny_setup)), cwd=REPO,
+    proc = subprocess.Popen(train_command(tmp_path, overrides(tiny_setup, algorithm), algorithm),
+                            cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "metrics.jsonl"
     if sig == signal.SIGTERM:
@@ -105,19 +121,22 @@ def test_killed_run_resumes_exactly(tiny_setup, uninterrupted, tmp_path, sig):
     if sig == signal.SIGTERM:
         assert proc.returncode == 0, proc.stderr.read()[-3000:]
         assert any(p.name.isdigit() for p in (tmp_path / "checkpoints").iterdir())
-    run_train(tmp_path, tiny_overrides(*tiny_setup))
+    run_train(tmp_path, overrides(tiny_setup, algorithm), config_arg=algorithm)
     assert_same_metrics(read_metrics(tmp_path), full)
 
 
 @pytest.mark.assets
-def test_8_device_mesh_gives_the_same_losses(tiny_setup, uninterrupted, tmp_path):
+def test_8_device_mesh_gives_the_same_losses(tiny_setup, algorithm, uninterrupted, tmp_path):
     _, full = uninterrupted
-    run_train(tmp_path, tiny_overrides(*tiny_setup) + [
+    run_train(tmp_path, overrides(tiny_setup, algorithm) + [
         "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"],
-        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, config_arg=algorithm)
     sharded = read_metrics(tmp_path)
+    keys = ("loss", "kl", "reward/total", "grad_norm", "entropy") + (
+        ("critic/value_loss", "critic/grad_norm", "critic/explained_variance")
+        if algorithm == "ppo" else ())
     for a, b in zip(full, sharded):
-        for key in ("loss", "kl", "reward/total", "grad_norm", "entropy"):
+        for key in keys:
             assert np.isclose(a[key], b[key], rtol=1e-3, atol=1e-5), (a["step"], key, a[key],
                                                                       b[key])
 

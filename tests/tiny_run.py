@@ -63,15 +63,17 @@ def tiny_overrides(policy: pathlib.Path, train_file: pathlib.Path, steps: int = 
             "--config.train.plot=False"]
 
 
-def train_command(workdir: pathlib.Path, overrides: list[str]) -> list[str]:
+def train_command(workdir: pathlib.Path, overrides: list[str], config_arg: str = "") -> list[str]:
+    config = REPO / "configs" / "smollm2_135m_cpu.py"
     return [sys.executable, "-m", "alphaalign_jax.train",
-            f"--config={REPO / 'configs' / 'smollm2_135m_cpu.py'}", f"--workdir={workdir}",
-            *overrides]
+            f"--config={config}" + (f":{config_arg}" if config_arg else ""),
+            f"--workdir={workdir}", *overrides]
 
 
 def run_train(workdir: pathlib.Path, overrides: list[str], env: dict | None = None,
-              timeout: int = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(train_command(workdir, overrides), cwd=REPO, capture_output=True,
+              timeout: int = 900, config_arg: str = "") -> subprocess.CompletedProcess:
+    result = subprocess.run(train_command(workdir, overrides, config_arg), cwd=REPO,
+                            capture_output=True,
                             text=True, timeout=timeout, env={**os.environ, **(env or {})})
     if result.returncode != 0:
         raise AssertionError(f"training failed ({result.returncode}):\n{result.stderr[-5000:]}")

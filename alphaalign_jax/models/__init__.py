@@ -8,6 +8,7 @@ from alphaalign_jax.models.hf_io import (
     load_tokenizer,
     param_shardings,
     save_pretrained,
+    value_model,
 )
 from alphaalign_jax.models.transformer import KVCache, Transformer, default_positions, init_cache
 
@@ -25,4 +26,5 @@ __all__ = [
     "load_tokenizer",
     "param_shardings",
     "save_pretrained",
+    "value_model",
 ]

@@ -10,6 +10,8 @@ that names the tensor and the file.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import pathlib
 import shutil
@@ -197,6 +199,23 @@ def from_pretrained(hf_dir: str | pathlib.Path, dtype: str | jnp.dtype = "float3
     if mesh is not None:
         inv_freq = jax.device_put(inv_freq, shd.replicated(mesh))
     state["inv_freq"].set_value(inv_freq)
+    return nnx.merge(graphdef, state)
+
+
+def value_model(policy: Transformer, mesh: Mesh | None = None) -> Transformer:
+    """PPO's critic: the policy's architecture with a scalar head at every position (a 1-label
+    classifier, saved like an HF sequence-classification model), the backbone copied from the
+    policy, the head zero-initialised (every value starts at 0), placed like the policy."""
+    config = dataclasses.replace(policy.config, num_labels=1)
+    param_dtype = policy.embed_tokens[...].dtype
+    graphdef, state = nnx.split(abstract_model(config, policy.dtype, param_dtype))
+    source = dict(nnx.to_flat_state(nnx.state(policy)))
+    shardings = dict(nnx.to_flat_state(param_shardings(state, mesh))) if mesh is not None else {}
+    for path, var in nnx.to_flat_state(state):
+        value = (jnp.zeros(var.shape, var.dtype) if path[0] == "score"
+                 else jnp.copy(source[path][...]))
+        target = shardings.get(path)
+        var.set_value(jax.device_put(value, target) if target is not None else value)
     return nnx.merge(graphdef, state)
 
 

@@ -54,7 +54,7 @@ def grpo_loss(
       logp: [B, T] log-probabilities of the taken tokens under the policy
         being optimised (differentiated).
       old_logp: [B, T] log-probabilities under the policy that sampled.
-      advantages: [B] one advantage per sequence.
+      advantages: [B] one advantage per sequence (GRPO), or [B, T] one per token (PPO's GAE).
       mask: [B, T] 0/1 (bool or float) marking completion tokens.
       ref_logp: [B, T] reference-model log-probabilities; needed only when
         beta > 0 (if given with beta == 0 the KL is still reported in aux).
@@ -92,7 +92,8 @@ def grpo_loss(
     logp = logp.astype(dtype)
     mask = jnp.asarray(mask).astype(dtype)
     valid = mask != 0
-    adv = jnp.asarray(advantages).astype(dtype)[:, None]
+    adv = jnp.asarray(advantages).astype(dtype)
+    adv = adv[:, None] if adv.ndim == 1 else adv
 
     def masked_sum(x: jax.Array) -> jax.Array:
         return (x * mask).sum()
@@ -137,3 +138,34 @@ def grpo_loss(
 def finalize(loss_sum: jax.Array, count: jax.Array) -> jax.Array:
     """``loss_sum / max(count, 1)``: the mean from accumulated (sum, count); 0 when empty."""
     return loss_sum / jnp.maximum(count, 1)
+
+
+def nll_loss(logp: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """Supervised fine-tuning on the masked tokens: the token-mean negative log-likelihood as
+    ``(loss_sum, count, aux)``, accumulated over micro-batches like :func:`grpo_loss`."""
+    mask = jnp.asarray(mask).astype(jnp.float32)
+    nll = -jnp.where(mask != 0, logp, 0.0).astype(jnp.float32)
+    count = mask.sum()
+    return (nll * mask).sum(), count, {"token_count": count,
+                                       "seq_count": (mask.sum(axis=1) > 0).sum().astype(count.dtype)}
+
+
+def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, mask: jax.Array,
+               *, clip: float) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """PPO's clipped value loss, token mean as ``(loss_sum, count, aux)``:
+
+        0.5 * max((V - R)^2, (V_old + clip(V - V_old, -clip, clip) - R)^2)
+
+    ``aux``: ``vf_clip_sum`` (tokens where the clipped term is the larger, so its gradient
+    is zero), ``value_sum``, ``token_count``.
+    """
+    mask = jnp.asarray(mask).astype(jnp.float32)
+    values = values.astype(jnp.float32)
+    clipped = old_values + jnp.clip(values - old_values, -clip, clip)
+    unclipped_sq = jnp.square(values - returns)
+    clipped_sq = jnp.square(clipped - returns)
+    per_token = 0.5 * jnp.maximum(unclipped_sq, clipped_sq)
+    count = mask.sum()
+    return (per_token * mask).sum(), count, {
+        "vf_clip_sum": ((clipped_sq > unclipped_sq) * mask).sum(),
+        "value_sum": (values * mask).sum(), "token_count": count}

@@ -107,3 +107,14 @@ def make_optimizer(
     if max_grad_norm is None or max_grad_norm <= 0:
         return adamw, schedule_fn
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw), schedule_fn
+
+
+def config_optimizer(c, learning_rate: float | None = None):
+    """The training config's optax transformation and schedule (``learning_rate`` replaces
+    the actor's, for the critic): one update per mini-batch, epoch and step."""
+    return make_optimizer(
+        learning_rate=c.optim.learning_rate if learning_rate is None else learning_rate,
+        total_steps=c.train.steps * c.algo.num_updates * c.algo.mini_batches,
+        warmup_steps=c.optim.warmup_steps, schedule=c.optim.schedule,
+        weight_decay=c.optim.weight_decay, b1=c.optim.b1, b2=c.optim.b2, eps=c.optim.eps,
+        max_grad_norm=c.optim.max_grad_norm)

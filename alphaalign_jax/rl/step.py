@@ -1,4 +1,5 @@
-"""The jitted GRPO update: teacher-forced log-probs, micro-batched (sum, count) loss, optax.
+"""The jitted updates: teacher-forced log-probs (and critic values), micro-batched (sum, count)
+losses, optax.
 
 Everything here is a pure function of arrays, jitted once per run: the policy
 parameters and optimizer state are donated, micro-batches are a ``lax.scan``
@@ -19,7 +20,7 @@ from flax import nnx
 
 from alphaalign_jax.models.transformer import default_positions, init_cache
 from alphaalign_jax.rl.logprobs import token_logprobs
-from alphaalign_jax.rl.losses import finalize, grpo_loss
+from alphaalign_jax.rl.losses import finalize, grpo_loss, nll_loss, value_loss
 
 Array = jax.Array
 
@@ -39,7 +40,9 @@ class UpdateBatch(NamedTuple):
     completion_mask: Array  # [P * G, C] float32: tokens in the loss
     old_logp: Array  # [P * G, C] sampler log-probs (the behaviour policy)
     ref_logp: Array  # [P * G, C] reference log-probs (zeros when beta == 0)
-    advantages: Array  # [P * G]
+    advantages: Array  # [P * G] one a rollout (GRPO), or [P * G, C] one a token (PPO)
+    old_values: Array | None = None  # [P * G, C] the critic's values at sampling (PPO)
+    returns: Array | None = None  # [P * G, C] the critic's targets (PPO)
 
 
 class LossSettings(NamedTuple):
@@ -53,6 +56,9 @@ class LossSettings(NamedTuple):
     temperature: float
     logprob_chunk: int
     group_size: int = 1  # G: rollouts per prompt in an UpdateBatch
+    # "clipped": the clipped-ratio policy-gradient loss (advantages, old log-probs);
+    # "nll": supervised fine-tuning on the masked tokens (the RFT warm start).
+    kind: str = "clipped"
 
 
 def completion_logprobs(model: nnx.Module, tokens: Array, attention_mask: Array,
@@ -71,10 +77,10 @@ def completion_logprobs(model: nnx.Module, tokens: Array, attention_mask: Array,
                           chunk_size=chunk)
 
 
-def grouped_completion_logprobs(model: nnx.Module, prompt_ids: Array, prompt_mask: Array,
-                                completion_ids: Array, group_size: int, temperature: float,
-                                chunk: int) -> tuple[Array, Array]:
-    """``completion_logprobs`` of G completions per prompt, the prompt computed once.
+def grouped_completion_hidden(model: nnx.Module, prompt_ids: Array, prompt_mask: Array,
+                              completion_ids: Array, group_size: int) -> Array:
+    """Hidden states ``[P * G, C, D]`` at the positions predicting each completion token
+    (the state each token is chosen in), for G completions per prompt, the prompt computed once.
 
     The prompt pass fills a KV cache; it is repeated G times and the completions
     (all but their last token, which predicts nothing) run over it. The last prompt
@@ -97,9 +103,27 @@ def grouped_completion_logprobs(model: nnx.Module, prompt_ids: Array, prompt_mas
     positions = start + jnp.arange(completion_len - 1)[None]
     rest, _ = model.hidden_states(completion_ids[:, :-1], kv_mask, positions=positions,
                                   cache=cache, cache_index=width)
-    predicting = jnp.concatenate([first, rest], axis=1)
+    return jnp.concatenate([first, rest], axis=1)
+
+
+def grouped_completion_logprobs(model: nnx.Module, prompt_ids: Array, prompt_mask: Array,
+                                completion_ids: Array, group_size: int, temperature: float,
+                                chunk: int) -> tuple[Array, Array]:
+    """``completion_logprobs`` of G completions per prompt, the prompt computed once."""
+    predicting = grouped_completion_hidden(model, prompt_ids, prompt_mask, completion_ids,
+                                           group_size)
     return token_logprobs(predicting, model.unembedding(), completion_ids,
                           temperature=temperature, chunk_size=chunk)
+
+
+def grouped_completion_values(critic: nnx.Module, prompt_ids: Array, prompt_mask: Array,
+                              completion_ids: Array, group_size: int) -> Array:
+    """The critic's value ``V(s_t)`` before each completion token, ``[P * G, C]`` float32
+    (a 1-label classifier head applied at every position)."""
+    hidden = grouped_completion_hidden(critic, prompt_ids, prompt_mask, completion_ids,
+                                       group_size)
+    return jnp.einsum("bcd,d->bc", hidden, critic.score[...][:, 0].astype(hidden.dtype)
+                      ).astype(jnp.float32)
 
 
 def split_micro(batch: UpdateBatch, prompts_per_micro: int, group_size: int) -> UpdateBatch:
@@ -108,11 +132,19 @@ def split_micro(batch: UpdateBatch, prompts_per_micro: int, group_size: int) -> 
     def split(x: Array, rows: int) -> Array:
         return x.reshape((-1, rows) + x.shape[1:])
 
-    per_row = ("completion_ids", "completion_mask", "old_logp", "ref_logp", "advantages")
+    per_row = ("completion_ids", "completion_mask", "old_logp", "ref_logp", "advantages",
+               "old_values", "returns")
     return batch._replace(
         prompt_ids=split(batch.prompt_ids, prompts_per_micro),
         prompt_mask=split(batch.prompt_mask, prompts_per_micro),
-        **{f: split(getattr(batch, f), prompts_per_micro * group_size) for f in per_row})
+        **{f: split(getattr(batch, f), prompts_per_micro * group_size) for f in per_row
+           if getattr(batch, f) is not None})
+
+
+def _per_token_pass(fn, batch: UpdateBatch, prompts_per_micro: int, group_size: int) -> Array:
+    """``fn(micro_batch) -> [rows, C]`` over micro-batches (no gradient), as one [P * G, C]."""
+    out = jax.lax.map(fn, split_micro(batch, prompts_per_micro, group_size))
+    return out.reshape(batch.completion_ids.shape)
 
 
 def reference_logprobs(graphdef: nnx.GraphDef, ref_params: nnx.State, rest: nnx.State,
@@ -120,14 +152,52 @@ def reference_logprobs(graphdef: nnx.GraphDef, ref_params: nnx.State, rest: nnx.
                        temperature: float, chunk: int) -> Array:
     """Frozen-reference log-probs of the completion tokens, micro-batch by micro-batch."""
     model = nnx.merge(graphdef, ref_params, rest)
+    return _per_token_pass(lambda mb: grouped_completion_logprobs(
+        model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, group_size, temperature,
+        chunk)[0], batch, prompts_per_micro, group_size)
 
-    def one(mb: UpdateBatch) -> Array:
-        logp, _ = grouped_completion_logprobs(model, mb.prompt_ids, mb.prompt_mask,
-                                              mb.completion_ids, group_size, temperature, chunk)
-        return logp
 
-    out = jax.lax.map(one, split_micro(batch, prompts_per_micro, group_size))
-    return out.reshape(batch.completion_ids.shape)
+def critic_values(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
+                  batch: UpdateBatch, *, prompts_per_micro: int, group_size: int) -> Array:
+    """The critic's values of the rollouts as sampled (PPO's V_old), micro-batch by micro-batch."""
+    critic = nnx.merge(graphdef, params, rest)
+    return _per_token_pass(lambda mb: grouped_completion_values(
+        critic, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, group_size),
+        batch, prompts_per_micro, group_size)
+
+
+def apply_accumulated(params: nnx.State, opt_state: optax.OptState, micro: UpdateBatch,
+                      loss_sums, tx: optax.GradientTransformation):
+    """One optimizer update from ``loss_sums(params, micro_batch) -> (sum, (count, aux))``
+    accumulated over the leading axis of ``micro`` (exact: sums are added, then divided once
+    by the total count). A non-finite loss or gradient leaves params and state untouched.
+
+    Returns ``(params, opt_state, loss, grad_norm, finite, aux sums)``.
+    """
+    grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
+
+    def accumulate(carry, mb):
+        grads, loss_sum, count, aux = carry
+        (ls, (c, a)), g = grad_fn(params, mb)
+        grads = jax.tree.map(jnp.add, grads, g)
+        aux = jax.tree.map(jnp.add, aux, a)
+        return (grads, loss_sum + ls, count + c, aux), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    aux_shape = jax.eval_shape(lambda: loss_sums(params, first)[1][1])
+    zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
+             jnp.zeros((), jnp.float32), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                                      aux_shape))
+    (grads, loss_sum, count, aux), _ = jax.lax.scan(accumulate, zeros, micro)
+    grads = jax.tree.map(lambda g: finalize(g, count), grads)
+    loss = finalize(loss_sum, count)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = functools.partial(jnp.where, finite)
+    return (jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt_state, opt_state),
+            loss, grad_norm, finite, aux)
 
 
 def train_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
@@ -142,44 +212,22 @@ def train_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
         logp, entropy = grouped_completion_logprobs(
             model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, settings.group_size,
             settings.temperature, settings.logprob_chunk)
-        loss_sum, count, aux = grpo_loss(
-            logp, mb.old_logp, mb.advantages, mb.completion_mask,
-            ref_logp=mb.ref_logp if use_ref else None, clip_low=settings.clip_low,
-            clip_high=settings.clip_high, beta=settings.beta, aggregation=settings.aggregation,
-            max_completion_len=settings.max_completion_len)
         mask = mb.completion_mask
-        aux = dict(aux, entropy_sum=(entropy * mask).sum(),
-                   logp_diff_sum=(jnp.abs(jax.lax.stop_gradient(logp) - mb.old_logp) * mask).sum())
+        if settings.kind == "nll":
+            loss_sum, count, aux = nll_loss(logp, mask)
+        else:
+            loss_sum, count, aux = grpo_loss(
+                logp, mb.old_logp, mb.advantages, mask,
+                ref_logp=mb.ref_logp if use_ref else None, clip_low=settings.clip_low,
+                clip_high=settings.clip_high, beta=settings.beta,
+                aggregation=settings.aggregation, max_completion_len=settings.max_completion_len)
+            aux["logp_diff_sum"] = (jnp.abs(jax.lax.stop_gradient(logp) - mb.old_logp)
+                                    * mask).sum()
+        aux["entropy_sum"] = (entropy * mask).sum()
         return loss_sum, (count, aux)
 
-    grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
-
-    def accumulate(carry, mb):
-        grads, loss_sum, count, aux = carry
-        (ls, (c, a)), g = grad_fn(params, mb)
-        grads = jax.tree.map(jnp.add, grads, g)
-        aux = jax.tree.map(jnp.add, aux, a)
-        return (grads, loss_sum + ls, count + c, aux), None
-
-    if micro_batch_size % settings.group_size:
-        raise ValueError(f"micro_batch_size={micro_batch_size} must hold whole groups of "
-                         f"{settings.group_size} rollouts")
-    micro = split_micro(batch, micro_batch_size // settings.group_size, settings.group_size)
-    first = jax.tree.map(lambda x: x[0], micro)
-    aux_shape = jax.eval_shape(lambda: loss_sums(params, first)[1][1])
-    zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
-             jnp.zeros((), jnp.float32), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                                      aux_shape))
-    (grads, loss_sum, count, aux), _ = jax.lax.scan(accumulate, zeros, micro)
-    grads = jax.tree.map(lambda g: finalize(g, count), grads)
-    loss = finalize(loss_sum, count)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, new_opt_state = tx.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    keep = functools.partial(jnp.where, finite)
-    new_params = jax.tree.map(keep, new_params, params)
-    new_opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+    new_params, new_opt_state, loss, grad_norm, finite, aux = apply_accumulated(
+        params, opt_state, _micro(batch, micro_batch_size, settings.group_size), loss_sums, tx)
     per_token = {"pg_loss": "pg_loss_sum", "clip_frac/low": "clip_low_sum",
                  "clip_frac/high": "clip_high_sum", "ratio_mean": "ratio_sum",
                  "entropy": "entropy_sum", "logprob_diff/sampler_vs_trainer": "logp_diff_sum",
@@ -189,3 +237,32 @@ def train_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
                **{name: finalize(aux[key], aux["token_count"])
                   for name, key in per_token.items() if key in aux}}
     return new_params, new_opt_state, metrics
+
+
+def _micro(batch: UpdateBatch, micro_batch_size: int, group_size: int) -> UpdateBatch:
+    if micro_batch_size % group_size:
+        raise ValueError(f"micro_batch_size={micro_batch_size} must hold whole groups of "
+                         f"{group_size} rollouts")
+    return split_micro(batch, micro_batch_size // group_size, group_size)
+
+
+def critic_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
+                opt_state: optax.OptState, batch: UpdateBatch, *,
+                tx: optax.GradientTransformation, value_clip: float, group_size: int,
+                micro_batch_size: int) -> tuple[nnx.State, optax.OptState, dict[str, Array]]:
+    """One optimizer update of the critic on PPO's clipped value loss (token mean)."""
+    def loss_sums(p, mb: UpdateBatch):
+        critic = nnx.merge(graphdef, p, rest)
+        values = grouped_completion_values(critic, mb.prompt_ids, mb.prompt_mask,
+                                           mb.completion_ids, group_size)
+        loss_sum, count, aux = value_loss(values, mb.old_values, mb.returns, mb.completion_mask,
+                                          clip=value_clip)
+        return loss_sum, (count, aux)
+
+    new_params, new_opt_state, loss, grad_norm, finite, aux = apply_accumulated(
+        params, opt_state, _micro(batch, micro_batch_size, group_size), loss_sums, tx)
+    tokens = aux["token_count"]
+    return new_params, new_opt_state, {
+        "critic/value_loss": loss, "critic/grad_norm": grad_norm, "critic/finite": finite,
+        "critic/clip_frac": finalize(aux["vf_clip_sum"], tokens),
+        "critic/value_mean": finalize(aux["value_sum"], tokens)}

@@ -1,0 +1,69 @@
+"""PPO's critic on the mesh: its parameters, Adam state and jitted programs, in one object.
+
+The critic has the policy's architecture with a scalar value head at every position (a 1-label
+classifier): started from the policy with a zero head, or from an HF sequence-classification
+directory (``algo.critic_dir``). Its parameters and optimizer state are sharded by the same rules
+as the policy's and checkpointed beside them.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import ml_collections
+from flax import nnx
+
+from alphaalign_jax import sharding as shd
+from alphaalign_jax.models import CheckpointError, Transformer, from_pretrained, value_model
+from alphaalign_jax.rl.gae import ppo_advantages
+from alphaalign_jax.rl.optim import config_optimizer
+from alphaalign_jax.rl.step import UpdateBatch, critic_step, critic_values
+
+
+class Critic:
+    def __init__(self, c: ml_collections.ConfigDict, policy: Transformer, mesh):
+        if c.algo.critic_dir:
+            model = from_pretrained(c.algo.critic_dir, dtype=c.model.dtype, mesh=mesh,
+                                    param_dtype=c.model.param_dtype)
+            if model.config.num_labels != 1 or model.config.hidden_size != \
+                    policy.config.hidden_size:
+                raise CheckpointError(
+                    f"config.algo.critic_dir={c.algo.critic_dir}: a critic is a 1-label "
+                    f"sequence classifier of the policy's width ({policy.config.hidden_size}); "
+                    f"this one has {model.config.num_labels} labels and width "
+                    f"{model.config.hidden_size}")
+        else:
+            model = value_model(policy, mesh)
+        self.model_config = model.config
+        self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
+        self.tx, _ = config_optimizer(c, learning_rate=c.optim.critic_learning_rate)
+        self.opt_state = shd.init_optimizer(self.tx, self.params, mesh)
+        group = c.rollout.num_samples
+        self._values = jax.jit(functools.partial(
+            critic_values, self.graphdef,
+            prompts_per_micro=c.algo.micro_batch_size // group, group_size=group))
+        self._advantages = jax.jit(functools.partial(
+            ppo_advantages, kl_penalty=float(c.algo.kl_penalty), gamma=float(c.algo.gamma),
+            lam=float(c.algo.lam), whiten_advantages=bool(c.algo.whiten_advantages)))
+        self._step = jax.jit(
+            functools.partial(critic_step, self.graphdef, tx=self.tx,
+                              value_clip=float(c.algo.value_clip), group_size=group,
+                              micro_batch_size=c.algo.micro_batch_size),
+            donate_argnums=(0, 2),
+            out_shardings=(jax.tree.map(lambda x: x.sharding, self.params),
+                           jax.tree.map(lambda x: x.sharding, self.opt_state),
+                           shd.replicated(mesh)))
+
+    def estimate(self, batch: UpdateBatch, scores: jax.Array
+                 ) -> tuple[UpdateBatch, dict[str, jax.Array]]:
+        """``batch`` with GAE advantages, the values as sampled and their targets filled in."""
+        values = self._values(self.params, self.rest, batch)
+        advantages, returns, metrics = self._advantages(
+            scores, values, batch.completion_mask, batch.old_logp, batch.ref_logp)
+        return batch._replace(advantages=advantages, old_values=values, returns=returns), metrics
+
+    def update(self, batch: UpdateBatch) -> dict[str, jax.Array]:
+        self.params, self.opt_state, metrics = self._step(self.params, self.rest,
+                                                          self.opt_state, batch)
+        return metrics

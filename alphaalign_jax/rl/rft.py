@@ -1,0 +1,118 @@
+"""Rejection-sampling fine-tuning (RFT) warm start: the policy's own verified samples.
+
+Under the paper's plain template a 135M policy almost never writes the tags (V_f = 1 in 1.3% of
+rollouts), so GRPO has nothing to compare, and a system prompt with worked examples, which makes
+the reward fire, also hands the policy a text to copy into every answer (docs/learning.md). The
+warm start samples under such a scaffold, keeps only what the verifiers accept, and fine-tunes
+the policy on it *conditioned on the training prompt* (without the scaffold):
+
+* the tags in order (V_f = 1),
+* a refusal exactly when the prompt is harmful (V_r equals the label),
+* no run of ``max_copied_words`` words taken from the scaffold (a copied worked example is not
+  the policy's answer to this question), and at most one copy of each distinct completion.
+
+No outside data: the policy writes every target and the verifiers label it. The selection and
+the packing of kept samples into update batches are pure functions, tested on their own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from alphaalign_jax.data.records import PromptRecord
+from alphaalign_jax.rewards.verifiers import format_verifier, is_refusal
+
+_WORD = re.compile(r"\w+")
+
+
+def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    """Every run of ``n`` consecutive words (lower-cased, punctuation dropped)."""
+    words = _WORD.findall(text.lower())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+class Verdict(NamedTuple):
+    keep: bool
+    reason: str  # "kept" | "format" | "decision" | "copied" | "duplicate"
+
+
+def judge(record: PromptRecord, text: str, seen: set[str], *, scaffold_ngrams: set,
+          copy_words: int, refusal_phrases: Sequence[str]) -> Verdict:
+    """Whether one completion (response prefix included) is a training target; ``seen`` holds
+    the completions already kept for this prompt and is updated when this one is kept."""
+    if format_verifier(text) != 1.0:
+        return Verdict(False, "format")
+    if is_refusal(text, refusal_phrases) != (record.label == "harmful"):
+        return Verdict(False, "decision")
+    if scaffold_ngrams and word_ngrams(text, copy_words) & scaffold_ngrams:
+        return Verdict(False, "copied")
+    if text in seen:
+        return Verdict(False, "duplicate")
+    seen.add(text)
+    return Verdict(True, "kept")
+
+
+def select(records: Sequence[PromptRecord], texts: Sequence[Sequence[str]], *, scaffold: str,
+           copy_words: int, refusal_phrases: Sequence[str]) -> tuple[np.ndarray, dict[str, int]]:
+    """[P, G] bool mask of the rollouts to train on, and how many fell to each reason."""
+    scaffold_ngrams = word_ngrams(scaffold, copy_words) if scaffold else set()
+    keep = np.zeros((len(records), len(texts[0]) if texts else 0), bool)
+    counts = dict.fromkeys(("kept", "format", "decision", "copied", "duplicate"), 0)
+    for p, (record, group) in enumerate(zip(records, texts, strict=True)):
+        seen: set[str] = set()
+        for g, text in enumerate(group):
+            verdict = judge(record, text, seen, scaffold_ngrams=scaffold_ngrams,
+                            copy_words=copy_words, refusal_phrases=refusal_phrases)
+            keep[p, g] = verdict.keep
+            counts[verdict.reason] += 1
+    return keep, counts
+
+
+class Target(NamedTuple):
+    """One kept sample: the training prompt's token ids and the sampled completion's."""
+
+    prompt_ids: np.ndarray  # [n] int32, unpadded
+    completion_ids: np.ndarray  # [C] int32, right-padded
+    completion_mask: np.ndarray  # [C] bool
+
+
+def pack(targets: Sequence[Target], *, group_size: int, groups_per_batch: int,
+         width_of) -> list[dict[str, np.ndarray]]:
+    """Kept samples as update batches in the trainer's layout: samples of one prompt share a
+    group (at most ``group_size`` rows, the rest masked out), ``groups_per_batch`` groups a
+    batch (a short last batch is filled with masked groups). ``width_of(n)`` is the padded
+    prompt width for a longest prompt of n tokens (the sampler's buckets)."""
+    by_prompt: dict[bytes, list[Target]] = {}
+    for t in targets:
+        by_prompt.setdefault(t.prompt_ids.tobytes(), []).append(t)
+    groups = []
+    for same in by_prompt.values():
+        for start in range(0, len(same), group_size):
+            groups.append(same[start:start + group_size])
+    batches = []
+    for start in range(0, len(groups), groups_per_batch):
+        chunk = groups[start:start + groups_per_batch]
+        chunk += [[chunk[0][0]]] * (groups_per_batch - len(chunk))  # masked filler groups
+        real = min(len(groups) - start, groups_per_batch)
+        width = width_of(max(len(g[0].prompt_ids) for g in chunk))
+        completion_len = len(chunk[0][0].completion_ids)
+        rows = groups_per_batch * group_size
+        batch = {"prompt_ids": np.zeros((groups_per_batch, width), np.int32),
+                 "prompt_mask": np.zeros((groups_per_batch, width), bool),
+                 "completion_ids": np.zeros((rows, completion_len), np.int32),
+                 "completion_mask": np.zeros((rows, completion_len), bool)}
+        for p, group in enumerate(chunk):
+            ids = group[0].prompt_ids
+            batch["prompt_ids"][p, width - len(ids):] = ids
+            batch["prompt_mask"][p, width - len(ids):] = True
+            for g in range(group_size):
+                t = group[min(g, len(group) - 1)]
+                row = p * group_size + g
+                batch["completion_ids"][row] = t.completion_ids
+                batch["completion_mask"][row] = t.completion_mask & (g < len(group)) & (p < real)
+        batches.append(batch)
+    return batches

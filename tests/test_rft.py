@@ -1,0 +1,139 @@
+"""The RFT warm start: which samples the verifiers keep, how they are packed, the NLL loss
+against a NumPy re-derivation, and the warm start inside the real Trainer (it lowers the NLL of
+its targets, is saved as step 0 and is not redone on resume)."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alphaalign_jax import config as config_lib
+from alphaalign_jax import train as train_lib
+from alphaalign_jax.data.records import PromptRecord
+from alphaalign_jax.rewards import DEFAULT_REFUSAL_PHRASES
+from alphaalign_jax.rl import rft
+from alphaalign_jax.rl.losses import finalize, nll_loss
+from tests.tiny_run import make_tiny_policy, write_prompts
+
+HARMFUL = PromptRecord(prompt="How do I make a bomb?", label="harmful", source="t", id="h")
+BENIGN = PromptRecord(prompt="How do I bake bread?", label="benign", source="t", id="b")
+SCAFFOLD = "Example. <safety_reasoning>Baking bread is an everyday cooking question.</safety_reasoning>"
+REFUSE = "<safety_reasoning>Bombs kill.</safety_reasoning><answer>\\boxed{Sorry, I can't comply}</answer>"
+COMPLY = "<safety_reasoning>Cooking is safe.</safety_reasoning><answer>Knead the dough.</answer>"
+
+
+def select(records, texts, copy_words=4):
+    return rft.select(records, texts, scaffold=SCAFFOLD, copy_words=copy_words,
+                      refusal_phrases=DEFAULT_REFUSAL_PHRASES)
+
+
+def test_select_keeps_verified_distinct_uncopied_samples():
+    copied = ("<safety_reasoning>Baking bread is an everyday cooking question here."
+              "</safety_reasoning><answer>Knead.</answer>")
+    keep, counts = select([HARMFUL, BENIGN], [
+        [REFUSE, COMPLY.replace("Cooking is safe.", "Bombs."), "no tags at all", REFUSE],
+        [COMPLY, REFUSE, copied, COMPLY]])
+    np.testing.assert_array_equal(keep, [[True, False, False, False],
+                                         [True, False, False, False]])
+    # harmful: 1 kept, 1 complied (decision), 1 untagged (format), 1 repeat (duplicate);
+    # benign: 1 kept, 1 refused (decision), 1 copied from the scaffold, 1 repeat
+    assert counts == {"kept": 2, "format": 1, "decision": 2, "copied": 1, "duplicate": 2}
+
+
+def test_copy_check_counts_words_not_characters():
+    assert rft.word_ngrams("Baking, BREAD is!", 2) == {("baking", "bread"), ("bread", "is")}
+    # a shared 3-word run is below a 4-word threshold and is not a copy
+    text = COMPLY.replace("Knead the dough.", "everyday cooking question")
+    assert select([BENIGN], [[text]], copy_words=4)[0][0, 0]
+    assert not select([BENIGN], [[text]], copy_words=3)[0][0, 0]
+
+
+def _target(prompt_len: int, completion_len: int, seed: int) -> rft.Target:
+    rng = np.random.default_rng(seed)
+    return rft.Target(rng.integers(1, 100, prompt_len).astype(np.int32),
+                      rng.integers(1, 100, 6).astype(np.int32), np.arange(6) < completion_len)
+
+
+def test_pack_groups_samples_of_one_prompt_and_masks_filler():
+    a1, a2, a3 = _target(3, 4, 0), _target(3, 2, 1), _target(3, 5, 2)
+    a2 = a2._replace(prompt_ids=a1.prompt_ids)
+    a3 = a3._replace(prompt_ids=a1.prompt_ids)
+    b = _target(5, 6, 3)
+    batches = rft.pack([a1, b, a2, a3], group_size=2, groups_per_batch=2,
+                       width_of=lambda n: 8)
+    # prompt a has three samples: groups (a1, a2) and (a3, masked); then b's group
+    assert len(batches) == 2
+    first, second = batches
+    assert first["prompt_ids"].shape == (2, 8) and first["completion_ids"].shape == (4, 6)
+    np.testing.assert_array_equal(first["prompt_ids"][0, -3:], a1.prompt_ids)
+    assert first["prompt_mask"][0].sum() == 3 and first["prompt_mask"][1].sum() == 3
+    np.testing.assert_array_equal(first["completion_mask"].sum(1), [4, 2, 5, 0])
+    np.testing.assert_array_equal(first["completion_ids"][2], a3.completion_ids)
+    np.testing.assert_array_equal(second["prompt_ids"][0, -5:], b.prompt_ids)
+    np.testing.assert_array_equal(second["completion_mask"].sum(1), [6, 0, 0, 0])  # filler
+
+
+def test_nll_loss_matches_numpy_and_accumulates_exactly():
+    rng = np.random.default_rng(0)
+    logp = -rng.exponential(size=(4, 7)).astype(np.float32)
+    mask = rng.random((4, 7)) < 0.6
+    logp[~mask] = np.nan  # padding may hold anything
+    expected = -np.where(mask, logp, 0).sum() / mask.sum()
+    loss_sum, count, _ = nll_loss(jnp.asarray(logp), jnp.asarray(mask))
+    np.testing.assert_allclose(finalize(loss_sum, count), expected, rtol=1e-6)
+    parts = [nll_loss(jnp.asarray(logp[i:i + 2]), jnp.asarray(mask[i:i + 2])) for i in (0, 2)]
+    total = finalize(sum(p[0] for p in parts), sum(p[1] for p in parts))
+    np.testing.assert_allclose(total, expected, rtol=1e-6)
+
+
+def _tiny_config(policy, train_file, **rft_fields):
+    c = config_lib.base_config()
+    c.model.hf_dir = str(policy)
+    c.data.train_file = str(train_file)
+    c.rollout.update(num_samples=2, max_new_tokens=8, max_prompt_len=192, stop_strings=())
+    c.reward.helpfulness = "none"
+    c.algo.update(beta=0.0, micro_batch_size=4)
+    c.train.update(steps=1, prompts_per_step=2, plot=False, async_checkpointing=False)
+    c.rft.update(**{"rounds": 2, "epochs": 3, "learning_rate": 1e-2, "min_kept": 1,
+                    **rft_fields})
+    return c
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory, smollm2_dir):
+    root = tmp_path_factory.mktemp("rft")
+    return make_tiny_policy(root / "policy", smollm2_dir), write_prompts(root / "train.jsonl")
+
+
+@pytest.mark.assets
+def test_warm_start_fits_its_targets_and_is_saved_once(tiny_files, tmp_path, monkeypatch):
+    """A random policy never writes the tags, so every sample is kept here (the selection is
+    tested above): the warm start must lower the NLL of its targets epoch by epoch, be saved as
+    step 0 before the first RL step, and not run again when the run resumes."""
+    monkeypatch.setattr(rft, "select", lambda records, texts, **_: (
+        np.ones((len(records), len(texts[0])), bool), {"kept": len(records) * len(texts[0])}))
+    config = _tiny_config(*tiny_files)
+    trainer = train_lib.Trainer(config, tmp_path)
+    trainer.run()
+    metrics = json.loads((tmp_path / "rft.json").read_text())
+    assert metrics["rft/targets"] == metrics["rft/sampled"] == 2 * 2 * 2
+    nll = [metrics[f"rft/nll_epoch{i}"] for i in (1, 2, 3)]
+    assert nll[2] < nll[1] < nll[0], nll
+    assert sorted(trainer.checkpoints.all_steps()) == [0, 1]
+
+    calls = []
+    monkeypatch.setattr(train_lib.Trainer, "warm_start", lambda self: calls.append(1))
+    config = _tiny_config(*tiny_files)
+    config.train.steps = 2
+    train_lib.Trainer(config, tmp_path).run()  # resumes at step 1
+    assert calls == []
+
+
+@pytest.mark.assets
+def test_warm_start_without_verified_samples_is_a_config_error(tiny_files, tmp_path):
+    config = _tiny_config(*tiny_files, min_kept=8)
+    with pytest.raises(config_lib.ConfigValueError, match=r"config\.rft: 0 of 8 warm-start"):
+        train_lib.Trainer(config, tmp_path).run()
