@@ -8,10 +8,11 @@ A checkpoint directory is an orbax composite with (at least) two items:
   and where the tokenizer lives, so a checkpoint is self-describing and loading
   it into a different model is a clear error rather than garbage.
 
-Training checkpoints add more items (optimizer state, data position, RNG) in
-the same directory, so every tool that reads parameters reads both kinds, and a
-``MANIFEST`` of every file's size and SHA-256, written once the checkpoint is
-complete and verified before it is trusted (``verify_manifest``).
+Training checkpoints (:class:`TrainCheckpoints`) add more items (optimizer
+states, critic, data position) in the same directory, so every tool that reads
+parameters reads both kinds, and a ``MANIFEST`` of every file's size and
+SHA-256, written once the checkpoint is complete and verified before it is
+trusted (``verify_manifest``).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import hashlib
 import json
 import pathlib
 import shutil
+import time
 import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -168,3 +171,157 @@ def config_diff(a: ModelConfig, b: ModelConfig) -> str:
                           "tie_word_embeddings", "rope")
               if getattr(a, f) != getattr(b, f)]
     return ", ".join(f"{f}: {getattr(a, f)} != {getattr(b, f)}" for f in fields) or "config differs"
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions): the run stops."""
+
+
+def _first_line(error: Exception, limit: int) -> str:
+    """An exception as one short line (orbax and OS errors can run to hundreds)."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else repr(error)
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        tree)
+
+
+class TrainCheckpoints:
+    """A training run's checkpoints: orbax's manager, plus what a long run needs.
+
+    Every finished checkpoint is sealed with a manifest; one that fails it or cannot be read
+    is set aside (moved, never deleted) and the previous one is used; a checkpoint of another
+    model is refused naming the differing fields, before anything large is read; a failed
+    write stops the run in one line naming the last good checkpoint.
+
+    A checkpoint holds the run's pytrees (``state``: parameters, optimizer states), the
+    ``model_config`` item and a JSON ``train_state`` (step, data position, seed).
+    """
+
+    def __init__(self, directory: pathlib.Path, *, model_config: ModelConfig,
+                 hf_dir: pathlib.Path, max_to_keep: int, async_save: bool):
+        self.directory = directory
+        self.model_config = model_config
+        self.hf_dir = hf_dir
+        self.manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=async_save))
+
+    def step_dir(self, step: int) -> pathlib.Path:
+        return self.directory / str(step)
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def reached_preemption(self, step: int) -> bool:
+        return self.manager.reached_preemption(step)
+
+    def check_model(self, step: int | None) -> None:
+        """Checkpoint ``step`` must be of the configured model (read from its small
+        ``model_config`` item, before any large restore)."""
+        if step is None:
+            return
+        try:
+            found, _ = read_model_config(self.step_dir(step))
+        except Exception:  # a damaged checkpoint: restore_latest verifies and sets it aside
+            return
+        if found.hf_config != self.model_config.hf_config:
+            raise CheckpointError(
+                f"{self.step_dir(step)}: checkpoint is of a different model than "
+                f"config.model.hf_dir={self.hf_dir} ({config_diff(found, self.model_config)}); "
+                "use another --workdir, or the model it was trained from")
+
+    def check_latest_model(self) -> None:
+        self.check_model(self.manager.latest_step())
+
+    def save(self, step: int, state: dict[str, Any], train_state: dict[str, Any],
+             force: bool = False) -> None:
+        self.seal()
+        try:
+            self.manager.save(step, args=ocp.args.Composite(
+                **{name: ocp.args.StandardSave(tree) for name, tree in state.items()},
+                model_config=ocp.args.JsonSave(model_config_item(self.model_config,
+                                                                 str(self.hf_dir))),
+                train_state=ocp.args.JsonSave(train_state)), force=force)
+        except Exception as e:
+            raise self._write_error(step, e) from e
+
+    def _write_error(self, step: int, error: Exception) -> CheckpointWriteError:
+        good = [s for s in self.all_steps() if s != step and verify_manifest(self.step_dir(s)) == []]
+        return CheckpointWriteError(
+            f"could not write the checkpoint of step {step} to {self.directory}: "
+            f"{_first_line(error, 300)}. The last good checkpoint is "
+            + (f"step {max(good)}; re-run the same command to resume from it" if good
+               else "none") + ".")
+
+    def check_async_save(self, step: int, wait: bool = False) -> None:
+        """A failed background write stops the run in one line: after every step (without
+        waiting for a save in progress), or, with ``wait``, once it has finished."""
+        try:
+            if wait:
+                self.manager.wait_until_finished()
+            self.manager.check_for_errors()
+        except Exception as e:
+            steps = self.all_steps()
+            raise self._write_error(max(steps) if steps else step, e) from e
+
+    def seal(self) -> None:
+        """Wait for the asynchronous save and write the manifest of every checkpoint that
+        lacks one (sealed checkpoints are not hashed again)."""
+        self.check_async_save(0, wait=True)
+        if jax.process_index() != 0:
+            return
+        for step in self.all_steps():
+            if not has_manifest(self.step_dir(step)):
+                write_manifest(self.step_dir(step))
+
+    def last_good(self) -> str:
+        self.seal()
+        good = [s for s in self.all_steps() if not verify_manifest(self.step_dir(s))]
+        return str(self.step_dir(max(good))) if good else "none"
+
+    def _set_aside(self, step: int, reason: str) -> pathlib.Path:
+        """Move a damaged checkpoint out of the manager's directory (never delete it)."""
+        target = (self.directory.parent / "checkpoints_set_aside"
+                  / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if jax.process_index() == 0:
+            target.parent.mkdir(exist_ok=True)
+            self.step_dir(step).rename(target)
+        self.manager.reload()
+        logging.warning("checkpoint %s %s; moved to %s", self.step_dir(step), reason, target)
+        return target
+
+    def restore_latest(self, like: dict[str, Any]) -> tuple[dict[str, Any], dict] | None:
+        """``(state, train_state)`` of the newest checkpoint that verifies and restores, its
+        pytrees shaped and placed like ``like``; damaged ones are set aside with a warning and
+        the previous one is used. None when there is none."""
+        set_aside = []
+        for step in sorted(self.all_steps(), reverse=True):
+            problems = verify_manifest(self.step_dir(step))
+            if problems:
+                set_aside.append((step, self._set_aside(
+                    step, "fails verification: " + "; ".join(problems[:3]))))
+                continue
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    **{name: ocp.args.StandardRestore(_abstract(tree))
+                       for name, tree in like.items()},
+                    model_config=ocp.args.JsonRestore(), train_state=ocp.args.JsonRestore()))
+            except Exception as e:  # orbax raises many kinds for a truncated or torn file
+                set_aside.append((step, self._set_aside(
+                    step, f"cannot be read ({_first_line(e, 200)})")))
+                continue
+            if restored["model_config"]["hf_config"] != self.model_config.hf_config:
+                self.check_model(step)  # raises, naming the differing fields
+            if set_aside:
+                logging.warning("resumed from the previous good checkpoint %s (step %d) "
+                                "instead of step %s, set aside in %s", self.step_dir(step),
+                                step, set_aside[0][0], set_aside[0][1])
+            else:
+                logging.warning("resumed from %s at step %d", self.directory, step)
+            return {name: restored[name] for name in like}, restored["train_state"]
+        if set_aside:
+            logging.warning("no checkpoint could be used (set aside: %s); starting from step 0",
+                            ", ".join(str(p) for _, p in set_aside))
+        return None

@@ -220,4 +220,4 @@ def parse_config_arg(arg: str, options: tuple[str, ...] = ()) -> tuple[str, set[
             f"config argument {arg!r}: expected at most one algorithm of "
             f"{tuple(algorithms.ALGORITHMS)}" + (f" and options of {options}" if options else "")
             + (f"; unknown: {sorted(unknown)}" if unknown else ""))
-    return (names.pop() if names else "grpo"), words - names
+    return (min(names) if names else "grpo"), words - names

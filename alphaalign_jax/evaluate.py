@@ -53,9 +53,9 @@ from alphaalign_jax.models import CheckpointError, from_pretrained, load_tokeniz
 from alphaalign_jax.rewards import (
     DEFAULT_REFUSAL_PHRASES,
     DEFAULT_SAFETY_TEMPLATE,
-    build_chat_prompt,
     extract_boxed,
     format_verifier,
+    policy_prompt,
     refusal_verifier,
     visible_answer,
 )
@@ -252,8 +252,8 @@ class Evaluator:
     def prompt_text(self, record: PromptRecord, prefix: str | None = None) -> str:
         """The chat prompt, then ``prefix`` (default: the run's response prefix)."""
         st = self.settings
-        return (build_chat_prompt(record.prompt, self.tokenizer, st.template, st.system_prompt)
-                + (st.response_prefix if prefix is None else prefix))
+        return policy_prompt(record.prompt, self.tokenizer, st.template, st.system_prompt,
+                             st.response_prefix if prefix is None else prefix)
 
     def check_prompt_lengths(self, records: Sequence[PromptRecord], origin: pathlib.Path,
                              attack_tokens: int = 0) -> None:

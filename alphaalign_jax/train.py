@@ -1,23 +1,23 @@
-"""AlphaAlign GRPO training: the main job.
+"""AlphaAlign RL training (GRPO and its variants, or PPO): the main job.
 
-    python -m alphaalign_jax.train --config=configs/smollm2_135m_cpu.py --workdir=runs/smollm2 \
+    python -m alphaalign_jax.train --config=configs/smollm2_135m_cpu.py[:ppo] --workdir=runs/smollm2 \
         [--config.train.steps=20 --config.optim.learning_rate=1e-5 ...]
 
-One step: draw a class-balanced batch of labelled prompts, wrap each in the
-safety template and the chat template, sample G rollouts each with the jitted
-sampler, score them (format / refusal verifiers, helpfulness reward model),
-turn the rewards into group-normalised advantages, add reference log-probs
-(when beta > 0), and apply ``algo.num_updates`` optax updates that reuse the
-sampler's log-probs as the old policy's.
+One step, top to bottom in ``train_one_step``: draw a class-balanced batch of labelled
+prompts (template, chat template, response prefix), sample G rollouts each with the jitted
+sampler, score them with the reward function (format / refusal verifiers, helpfulness model),
+estimate advantages as the algorithm says (rl/algorithms.py: group-normalised, or GAE over the
+critic's values), add reference log-probs when a KL term needs them, and apply
+``algo.num_updates`` epochs of ``algo.mini_batches`` optax updates that reuse the sampler's
+log-probs as the old policy's (and update the critic on the same mini-batches). An optional
+RFT warm start (``config.rft``) runs once before step 1.
 
 Re-running the same command resumes from the latest checkpoint in
-``--workdir`` (parameters, optimizer state, step, data position; the RNG is a
+``--workdir`` (parameters, optimizer states, critic, step, data position; the RNG is a
 function of the step), and SIGTERM (TPU preemption) saves and exits cleanly.
 """
-
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -34,7 +34,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
@@ -42,22 +41,14 @@ from ml_collections import config_flags
 from alphaalign_jax import assets
 from alphaalign_jax import config as config_lib
 from alphaalign_jax import sharding as shd
-from alphaalign_jax.checkpoint import (
-    config_diff,
-    has_manifest,
-    model_config_item,
-    read_model_config,
-    verify_manifest,
-    write_manifest,
-)
+from alphaalign_jax.checkpoint import CheckpointWriteError, TrainCheckpoints
 from alphaalign_jax.data.budget import PromptTooLong, fit_prompt_budget
-from alphaalign_jax.data.pipeline import PromptSource, Subset, bundled_splits
+from alphaalign_jax.data.pipeline import BalancedPrompts, Subset, bundled_splits
 from alphaalign_jax.data.records import DataError, PromptRecord, load_jsonl
 from alphaalign_jax.metrics import MetricsWriter
 from alphaalign_jax.rundir import RunDirLock, RunDirLocked
 from alphaalign_jax.models import CheckpointError, from_pretrained, load_tokenizer
-from alphaalign_jax.rewards import AlphaAlignReward, RewardFn, SafetyRewardConfig, build_chat_prompt
-from alphaalign_jax.rewards.reward_models import make_reward_model
+from alphaalign_jax.rewards import RewardFn, alphaalign_reward, policy_prompt
 from alphaalign_jax.rl import algorithms, rft
 from alphaalign_jax.rl.advantages import group_advantages
 from alphaalign_jax.rl.critic import Critic
@@ -73,53 +64,8 @@ class NonFiniteError(RuntimeError):
     """A non-finite loss or gradient: the update was not applied and the run stops."""
 
 
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint could not be written (disk full, permissions): the run stops."""
-
-
 class Preempted(Exception):
     """SIGTERM/SIGINT received: checkpoint written, exit cleanly."""
-
-
-@dataclasses.dataclass
-class BalancedPrompts:
-    """Class-balanced prompt batches from two resumable, deterministic streams."""
-
-    harmful: PromptSource | None
-    benign: PromptSource | None
-    num_harmful: int
-    num_benign: int
-
-    @classmethod
-    def build(cls, records: Sequence[PromptRecord], labels: Sequence[str], batch: int,
-              harmful_fraction: float, seed: int, origin: str) -> "BalancedPrompts":
-        """Two label views of ``records`` (random access, nothing copied)."""
-        by_label = {lab: Subset(records, [i for i, x in enumerate(labels) if x == lab])
-                    for lab in ("harmful", "benign")}
-        num_harmful = round(batch * harmful_fraction)
-        num_benign = batch - num_harmful
-        for label, n in (("harmful", num_harmful), ("benign", num_benign)):
-            if n and not by_label[label]:
-                raise ValueError(f"config.data.harmful_fraction asks for {n} {label} prompts a "
-                                 f"step, but {origin} has none")
-        return cls(
-            PromptSource(by_label["harmful"], num_harmful, seed=seed) if num_harmful else None,
-            PromptSource(by_label["benign"], num_benign, seed=seed + 1) if num_benign else None,
-            num_harmful, num_benign)
-
-    def next(self) -> list[PromptRecord]:
-        return ((next(self.harmful) if self.harmful else [])
-                + (next(self.benign) if self.benign else []))
-
-    def state(self) -> dict[str, Any]:
-        return {"harmful": self.harmful.state() if self.harmful else None,
-                "benign": self.benign.state() if self.benign else None}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        for name in ("harmful", "benign"):
-            source = getattr(self, name)
-            if source is not None:
-                source.restore(state[name])
 
 
 def loss_settings(c: ml_collections.ConfigDict) -> LossSettings:
@@ -136,8 +82,11 @@ def update_programs(c: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
                     on_trace=lambda: None, kind: str = "clipped"):
     """The jitted optimizer step (parameters and optimizer state donated) and reference
     log-prob pass of a config: what the trainer runs and ``aot`` compiles for a TPU.
-    ``kind="nll"`` makes it the supervised step of the RFT warm start."""
+    ``kind="nll"`` makes it the supervised step of the RFT warm start, one target a row
+    (group size 1: each target's prompt computed for it alone)."""
     settings = loss_settings(c)._replace(kind=kind)
+    if kind == "nll":
+        settings = settings._replace(group_size=1)
 
     def step_fn(params, rest, opt_state, batch):
         on_trace()
@@ -168,12 +117,6 @@ def _take_groups(batch: UpdateBatch, order: jax.Array, group_size: int) -> tuple
                  for i in range(order.shape[0]))
 
 
-def _first_line(error: Exception, limit: int) -> str:
-    """An exception as one short line (orbax and OS errors can run to hundreds)."""
-    text = str(error).strip()
-    return text.splitlines()[0][:limit] if text else repr(error)
-
-
 class Trainer:
     """Owns the models, compiled functions, data and checkpoints of one run.
 
@@ -201,13 +144,11 @@ class Trainer:
         policy = from_pretrained(self.hf_dir, dtype=c.model.dtype, mesh=self.mesh,
                                  param_dtype=c.model.param_dtype)
         self.model_config = policy.config
-        self.checkpoints = ocp.CheckpointManager(
-            self.workdir / "checkpoints",
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=c.train.keep_checkpoints,
-                enable_async_checkpointing=c.train.async_checkpointing))
+        self.checkpoints = TrainCheckpoints(
+            self.workdir / "checkpoints", model_config=self.model_config, hf_dir=self.hf_dir,
+            max_to_keep=c.train.keep_checkpoints, async_save=c.train.async_checkpointing)
         # Nothing in the workdir is rewritten before its checkpoints are known to fit.
-        self._check_checkpoint_model(self.checkpoints.latest_step())
+        self.checkpoints.check_latest_model()
         (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
         self.graphdef, self.params, self.rest = nnx.split(policy, nnx.Param, ...)
         self.algorithm = algorithms.get(c.algo.name)
@@ -218,7 +159,7 @@ class Trainer:
         self.opt_state = shd.init_optimizer(self.tx, self.params, self.mesh)
         self.sampler = Sampler(policy, self.tokenizer, mesh=self.mesh,
                                max_prompt_len=c.rollout.max_prompt_len)
-        self.reward_fn = reward_fn or self._alphaalign_reward()
+        self.reward_fn = reward_fn or alphaalign_reward(c.reward, self.hf_dir, self.mesh)
         self.prompts = self._prompt_batches()
         self._compile_train_step()
         self.step = 0
@@ -254,21 +195,9 @@ class Trainer:
         """What the policy is conditioned on: chat prompt (under the training system prompt
         unless another is given), then the forced response start."""
         c = self.config
-        system = c.system_prompt if system_prompt is None else system_prompt
-        return (build_chat_prompt(record.prompt, self.tokenizer, c.template, system)
-                + c.rollout.response_prefix)
-
-    def _alphaalign_reward(self) -> AlphaAlignReward:
-        r = self.config.reward
-        safety = SafetyRewardConfig(r_format=r.r_format, r_answer=r.r_answer,
-                                    refusal_phrases=tuple(r.refusal_phrases),
-                                    format_shaping=float(r.format_shaping))
-        rm_kwargs = {} if r.helpfulness == "none" else dict(
-            hf_dir=r.rm_dir or self.hf_dir, mesh=self.mesh, batch_size=r.rm_batch_size,
-            max_length=r.rm_max_len)
-        return AlphaAlignReward(safety, make_reward_model(r.helpfulness, **rm_kwargs),
-                                refusals_in_stats=r.refusals_in_stats,
-                                normalise_each=r.normalise_each)
+        return policy_prompt(record.prompt, self.tokenizer, c.template,
+                             c.system_prompt if system_prompt is None else system_prompt,
+                             c.rollout.response_prefix)
 
     # ----------------------------------------------------------------- compile
     def _compile_train_step(self) -> None:
@@ -284,131 +213,33 @@ class Trainer:
             on_trace=count_trace)
 
     # -------------------------------------------------------------- checkpoints
-    def _abstract(self, tree):
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                            tree)
-
-    def _step_dir(self, step: int) -> pathlib.Path:
-        return self.workdir / "checkpoints" / str(step)
-
-    def _check_checkpoint_model(self, step: int | None) -> None:
-        """Checkpoint ``step`` must be of the configured model (read from its small
-        ``model_config`` item, before any large restore)."""
-        if step is None:
-            return
-        try:
-            found, _ = read_model_config(self._step_dir(step))
-        except Exception:  # a damaged checkpoint: restore_latest verifies and sets it aside
-            return
-        if found.hf_config != self.model_config.hf_config:
-            raise CheckpointError(
-                f"{self._step_dir(step)}: checkpoint is of a different model than "
-                f"config.model.hf_dir={self.hf_dir} ({config_diff(found, self.model_config)}); "
-                "use another --workdir, or the model it was trained from")
+    def _state(self) -> dict[str, Any]:
+        """The pytrees a checkpoint holds: parameters and optimizer state (and the critic's)."""
+        state = {"params": nnx.to_pure_dict(self.params), "opt_state": self.opt_state}
+        if self.critic is not None:
+            state.update(critic_params=nnx.to_pure_dict(self.critic.params),
+                         critic_opt_state=self.critic.opt_state)
+        return state
 
     def save(self, force: bool = False) -> None:
-        self._seal_finished_checkpoints()
-        train_state = {"step": self.step, "data": self.prompts.state(),
-                       "seed": int(self.config.train.seed)}
-        critic = {} if self.critic is None else dict(
-            critic_params=ocp.args.StandardSave(nnx.to_pure_dict(self.critic.params)),
-            critic_opt_state=ocp.args.StandardSave(self.critic.opt_state))
-        try:
-            self.checkpoints.save(self.step, args=ocp.args.Composite(
-                params=ocp.args.StandardSave(nnx.to_pure_dict(self.params)),
-                opt_state=ocp.args.StandardSave(self.opt_state), **critic,
-                model_config=ocp.args.JsonSave(model_config_item(self.model_config,
-                                                                 str(self.hf_dir))),
-                train_state=ocp.args.JsonSave(train_state)), force=force)
-        except Exception as e:
-            raise self._write_error(self.step, e) from e
-
-    def _write_error(self, step: int, error: Exception) -> CheckpointWriteError:
-        reason = _first_line(error, 300)
-        good = [s for s in self.checkpoints.all_steps()
-                if s != step and verify_manifest(self._step_dir(s)) == []]
-        return CheckpointWriteError(
-            f"could not write the checkpoint of step {step} to {self.workdir / 'checkpoints'}: "
-            f"{reason}. The last good checkpoint is "
-            + (f"step {max(good)}; re-run the same command to resume from it" if good
-               else "none") + ".")
-
-    def _check_async_save(self, wait: bool = False) -> None:
-        """A failed background checkpoint write stops the run in one line: after every step
-        (without waiting for a save in progress), or, with ``wait``, once it has finished."""
-        try:
-            if wait:
-                self.checkpoints.wait_until_finished()
-            self.checkpoints.check_for_errors()
-        except Exception as e:
-            steps = self.checkpoints.all_steps()
-            raise self._write_error(max(steps) if steps else self.step, e) from e
-
-    def _seal_finished_checkpoints(self) -> None:
-        """Wait for the asynchronous save and write the manifest of every checkpoint that
-        lacks one (sealed checkpoints are not hashed again)."""
-        self._check_async_save(wait=True)
-        if jax.process_index() != 0:
-            return
-        for step in self.checkpoints.all_steps():
-            if not has_manifest(self._step_dir(step)):
-                write_manifest(self._step_dir(step))
-
-    def _set_aside(self, step: int, reason: str) -> pathlib.Path:
-        """Move a damaged checkpoint out of the manager's directory (never delete it)."""
-        target = self.workdir / "checkpoints_set_aside" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if jax.process_index() == 0:
-            target.parent.mkdir(exist_ok=True)
-            self._step_dir(step).rename(target)
-        self.checkpoints.reload()
-        logging.warning("checkpoint %s %s; moved to %s", self._step_dir(step), reason, target)
-        return target
+        self.checkpoints.save(self.step, self._state(), {
+            "step": self.step, "data": self.prompts.state(), "seed": int(self.config.train.seed)},
+            force=force)
 
     def restore_latest(self) -> bool:
-        """Resume from the newest checkpoint that verifies and restores; damaged ones are
-        set aside with a warning and the previous one is used."""
-        set_aside = []
-        for step in sorted(self.checkpoints.all_steps(), reverse=True):
-            problems = verify_manifest(self._step_dir(step))
-            if problems:
-                set_aside.append((step, self._set_aside(
-                    step, "fails verification: " + "; ".join(problems[:3]))))
-                continue
-            critic = {} if self.critic is None else dict(
-                critic_params=ocp.args.StandardRestore(
-                    self._abstract(nnx.to_pure_dict(self.critic.params))),
-                critic_opt_state=ocp.args.StandardRestore(self._abstract(self.critic.opt_state)))
-            try:
-                restored = self.checkpoints.restore(step, args=ocp.args.Composite(
-                    params=ocp.args.StandardRestore(self._abstract(nnx.to_pure_dict(self.params))),
-                    opt_state=ocp.args.StandardRestore(self._abstract(self.opt_state)), **critic,
-                    model_config=ocp.args.JsonRestore(),
-                    train_state=ocp.args.JsonRestore()))
-            except Exception as e:  # orbax raises many kinds for a truncated or torn file
-                set_aside.append((step, self._set_aside(
-                    step, f"cannot be read ({_first_line(e, 200)})")))
-                continue
-            if restored["model_config"]["hf_config"] != self.model_config.hf_config:
-                self._check_checkpoint_model(step)  # raises, naming the differing fields
-            nnx.replace_by_pure_dict(self.params, restored["params"])
-            self.opt_state = restored["opt_state"]
-            if self.critic is not None:
-                nnx.replace_by_pure_dict(self.critic.params, restored["critic_params"])
-                self.critic.opt_state = restored["critic_opt_state"]
-            self.prompts.restore(restored["train_state"]["data"])
-            self.step = int(restored["train_state"]["step"])
-            if set_aside:
-                logging.warning("resumed from the previous good checkpoint %s (step %d) "
-                                "instead of step %s, set aside in %s", self._step_dir(step),
-                                step, set_aside[0][0], set_aside[0][1])
-            else:
-                logging.warning("resumed from %s at step %d", self.workdir / "checkpoints",
-                                self.step)
-            return True
-        if set_aside:
-            logging.warning("no checkpoint could be used (set aside: %s); starting from step 0",
-                            ", ".join(str(p) for _, p in set_aside))
-        return False
+        """Resume from the newest good checkpoint (checkpoint.TrainCheckpoints)."""
+        found = self.checkpoints.restore_latest(self._state())
+        if found is None:
+            return False
+        state, train_state = found
+        nnx.replace_by_pure_dict(self.params, state["params"])
+        self.opt_state = state["opt_state"]
+        if self.critic is not None:
+            nnx.replace_by_pure_dict(self.critic.params, state["critic_params"])
+            self.critic.opt_state = state["critic_opt_state"]
+        self.prompts.restore(train_state["data"])
+        self.step = int(train_state["step"])
+        return True
 
     # ------------------------------------------------------------------- a step
     def _sample_round(self, records: list[PromptRecord], round_index: int):
@@ -453,8 +284,9 @@ class Trainer:
         c, r = self.config, self.config.rft
         scaffold = r.system_prompt or c.system_prompt
         group = c.rollout.num_samples
-        targets, counts, harmful = [], {}, 0
+        targets, counts, harmful, kept_texts = [], {}, 0, []
         t0 = time.perf_counter()
+        logging.warning("RFT warm start: sampling %d batches under the scaffold", r.rounds)
         for round_index in range(r.rounds):
             records = self.prompts.next()
             seed = int(np.random.SeedSequence([c.train.seed, 7, round_index])
@@ -468,6 +300,8 @@ class Trainer:
             for p, g in zip(*np.nonzero(keep)):
                 row = p * group + g
                 harmful += records[p].label == "harmful"
+                kept_texts.append({"label": records[p].label, "prompt": records[p].prompt,
+                                   "completion": texts[p][g]})
                 targets.append(rft.Target(np.asarray(train_ids[p], np.int32),
                                           rollouts.completion_ids[row],
                                           rollouts.completion_mask[row]))
@@ -490,8 +324,8 @@ class Trainer:
         epoch_loss = []
         for _ in range(r.epochs):
             order = rng.permutation(len(targets))
-            batches = rft.pack([targets[i] for i in order], group_size=group,
-                               groups_per_batch=c.train.prompts_per_step,
+            batches = rft.pack([targets[i] for i in order], group_size=1,
+                               groups_per_batch=c.train.prompts_per_step * group,
                                width_of=lambda n: min(bucket(n, 16), c.rollout.max_prompt_len))
             losses = []
             for b in batches:
@@ -513,6 +347,8 @@ class Trainer:
                    "time/rft_sampling_s": t1 - t0, "time/rft_update_s": time.perf_counter() - t1}
         if jax.process_index() == 0:
             (self.workdir / "rft.json").write_text(json.dumps(metrics, indent=2))
+            (self.workdir / "rft_targets.jsonl").write_text(
+                "".join(json.dumps(t) + "\n" for t in kept_texts))
         return metrics
 
     def _collect(self):
@@ -644,7 +480,7 @@ class Trainer:
             raise NonFiniteError(
                 f"step {self.step}: non-finite loss ({host['loss']}) or gradient norm "
                 f"({host['grad_norm']}); the update was not applied and no checkpoint was "
-                f"written (latest good checkpoint: {self._last_good()})")
+                f"written (latest good checkpoint: {self.checkpoints.last_good()})")
         host.update(metrics)
         host.update({
             "time/reference_s": t1 - t0,
@@ -659,11 +495,6 @@ class Trainer:
                               "time/update_s"))
         self.step += 1
         return host
-
-    def _last_good(self) -> str:
-        self._seal_finished_checkpoints()
-        good = [s for s in self.checkpoints.all_steps() if not verify_manifest(self._step_dir(s))]
-        return str(self._step_dir(max(good))) if good else "none"
 
     # --------------------------------------------------------------------- loop
     def _on_signal(self, signum, _frame) -> None:
@@ -687,7 +518,7 @@ class Trainer:
         try:
             while self.step < c.train.steps:
                 metrics = self.train_one_step()
-                self._check_async_save()
+                self.checkpoints.check_async_save(self.step)
                 preempted = (self._stop_signal is not None
                              or self.checkpoints.reached_preemption(self.step))
                 t0 = time.perf_counter()
@@ -701,7 +532,7 @@ class Trainer:
                     raise Preempted()
         finally:
             try:
-                self._seal_finished_checkpoints()
+                self.checkpoints.seal()
             finally:
                 if writer is not None:
                     writer.close(plot=c.train.plot)

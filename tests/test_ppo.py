@@ -175,3 +175,15 @@ def test_naming_the_algorithm_by_override_is_refused_in_one_line(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith(
         "train: --config.algo.name=ppo: choose the algorithm with --config=FILE:NAME")
+
+
+def test_a_new_variant_is_one_entry_in_the_seam(monkeypatch):
+    """What adding a variant takes: one Algorithm in rl/algorithms.py. The config, its
+    validation and the trainer's dispatch (estimator, critic) read everything from it."""
+    variant = algorithms.Algorithm("grpo_low_clip", "group", False,
+                                   {"algo.clip_low": 0.1, "algo.clip_high": 0.1}, "test")
+    monkeypatch.setitem(algorithms.ALGORITHMS, variant.name, variant)
+    c = config_lib.base_config("grpo_low_clip")
+    config_lib.validate(c)
+    assert (c.algo.name, c.algo.clip_low, c.algo.clip_high) == ("grpo_low_clip", 0.1, 0.1)
+    assert config_lib.parse_config_arg("grpo_low_clip") == ("grpo_low_clip", set())

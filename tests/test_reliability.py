@@ -118,14 +118,14 @@ def test_resume_after_fallback_equals_an_uninterrupted_run(tiny, tmp_path, unint
 def test_a_failed_checkpoint_write_stops_the_run_in_one_line(tiny, tmp_path, monkeypatch):
     """Defect 7: a full disk surfaced a step late, deep in a long log."""
     trainer = train_lib.Trainer(tiny_config(tiny, 6), tmp_path)
-    real_save = trainer.checkpoints.save
+    real_save = trainer.checkpoints.manager.save
 
     def save(step, *args, **kwargs):
         if step == 4:
             raise OSError(28, "No space left on device")
         return real_save(step, *args, **kwargs)
 
-    monkeypatch.setattr(trainer.checkpoints, "save", save)
+    monkeypatch.setattr(trainer.checkpoints.manager, "save", save)
     with pytest.raises(train_lib.CheckpointWriteError) as err:
         trainer.run()
     message = str(err.value)
@@ -268,14 +268,14 @@ def test_a_failed_background_save_stops_the_next_step(tiny, tmp_path, monkeypatc
     c = tiny_config(tiny, 6)
     c.train.async_checkpointing = True
     trainer = train_lib.Trainer(c, tmp_path)
-    real_check = trainer.checkpoints.check_for_errors
+    real_check = trainer.checkpoints.manager.check_for_errors
 
     def check():
         if trainer.step == 3:  # the save of step 2 failed in the background
             raise OSError(28, "No space left on device")
         return real_check()
 
-    monkeypatch.setattr(trainer.checkpoints, "check_for_errors", check)
+    monkeypatch.setattr(trainer.checkpoints.manager, "check_for_errors", check)
     with pytest.raises(train_lib.CheckpointWriteError, match="No space left on device"):
         trainer.run()
     written = (tmp_path / "metrics.jsonl").read_text().splitlines()

@@ -45,6 +45,12 @@ def test_select_keeps_verified_distinct_uncopied_samples():
 
 def test_copy_check_counts_words_not_characters():
     assert rft.word_ngrams("Baking, BREAD is!", 2) == {("baking", "bread"), ("bread", "is")}
+    # the tags and the template's refusal are shared by every valid answer: never a copy
+    assert rft.word_ngrams(REFUSE, 2) == {("bombs", "kill")}
+    scaffold = "Ex. <safety_reasoning>It kills.</safety_reasoning><answer>\\boxed{Sorry, I can't comply}</answer>"
+    assert select([HARMFUL], [[REFUSE]], copy_words=2)[0][0, 0]
+    assert rft.select([HARMFUL], [[REFUSE]], scaffold=scaffold, copy_words=2,
+                      refusal_phrases=DEFAULT_REFUSAL_PHRASES)[0][0, 0]
     # a shared 3-word run is below a 4-word threshold and is not a copy
     text = COMPLY.replace("Knead the dough.", "everyday cooking question")
     assert select([BENIGN], [[text]], copy_words=4)[0][0, 0]
@@ -120,6 +126,7 @@ def test_warm_start_fits_its_targets_and_is_saved_once(tiny_files, tmp_path, mon
     trainer.run()
     metrics = json.loads((tmp_path / "rft.json").read_text())
     assert metrics["rft/targets"] == metrics["rft/sampled"] == 2 * 2 * 2
+    assert len((tmp_path / "rft_targets.jsonl").read_text().splitlines()) == 8
     nll = [metrics[f"rft/nll_epoch{i}"] for i in (1, 2, 3)]
     assert nll[2] < nll[1] < nll[0], nll
     assert sorted(trainer.checkpoints.all_steps()) == [0, 1]

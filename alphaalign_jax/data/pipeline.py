@@ -12,6 +12,7 @@ dependency only for Python < 3.9.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -264,3 +265,44 @@ def bundled_splits(data_dir: str | os.PathLike[str]) -> dict[str, TfdsPrompts]:
     data_dir = Path(data_dir)
     return build_tfds_prompts({name: data_dir / f"{name}.jsonl" for name in SPLIT_FILES},
                               data_dir / "tfds")
+
+
+@dataclasses.dataclass
+class BalancedPrompts:
+    """Class-balanced prompt batches from two resumable, deterministic streams."""
+
+    harmful: PromptSource | None
+    benign: PromptSource | None
+    num_harmful: int
+    num_benign: int
+
+    @classmethod
+    def build(cls, records: Sequence[PromptRecord], labels: Sequence[str], batch: int,
+              harmful_fraction: float, seed: int, origin: str) -> BalancedPrompts:
+        """Two label views of ``records`` (random access, nothing copied)."""
+        by_label = {lab: Subset(records, [i for i, x in enumerate(labels) if x == lab])
+                    for lab in ("harmful", "benign")}
+        num_harmful = round(batch * harmful_fraction)
+        num_benign = batch - num_harmful
+        for label, n in (("harmful", num_harmful), ("benign", num_benign)):
+            if n and not by_label[label]:
+                raise ValueError(f"config.data.harmful_fraction asks for {n} {label} prompts a "
+                                 f"step, but {origin} has none")
+        return cls(
+            PromptSource(by_label["harmful"], num_harmful, seed=seed) if num_harmful else None,
+            PromptSource(by_label["benign"], num_benign, seed=seed + 1) if num_benign else None,
+            num_harmful, num_benign)
+
+    def next(self) -> list[PromptRecord]:
+        return ((next(self.harmful) if self.harmful else [])
+                + (next(self.benign) if self.benign else []))
+
+    def state(self) -> dict[str, Any]:
+        return {"harmful": self.harmful.state() if self.harmful else None,
+                "benign": self.benign.state() if self.benign else None}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for name in ("harmful", "benign"):
+            source = getattr(self, name)
+            if source is not None:
+                source.restore(state[name])

@@ -6,7 +6,7 @@ from alphaalign_jax.rewards.combine import (
     reward_metrics,
     total_reward,
 )
-from alphaalign_jax.rewards.reward_fn import AlphaAlignReward, RewardFn
+from alphaalign_jax.rewards.reward_fn import AlphaAlignReward, RewardFn, alphaalign_reward
 from alphaalign_jax.rewards.safety import (
     LABELS,
     SafetyBatch,
@@ -20,6 +20,7 @@ from alphaalign_jax.rewards.template import (
     WORKED_EXAMPLES_SYSTEM_PROMPT,
     apply_template,
     build_chat_prompt,
+    policy_prompt,
 )
 from alphaalign_jax.rewards.verifiers import (
     DEFAULT_REFUSAL_PHRASES,
@@ -34,6 +35,8 @@ from alphaalign_jax.rewards.verifiers import (
 
 __all__ = [
     "AlphaAlignReward",
+    "alphaalign_reward",
+    "policy_prompt",
     "RewardFn",
     "WORKED_EXAMPLES_SYSTEM_PROMPT",
     "format_progress",

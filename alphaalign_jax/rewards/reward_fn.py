@@ -17,6 +17,7 @@ import numpy as np
 
 from alphaalign_jax.data.records import PromptRecord
 from alphaalign_jax.rewards.combine import helpfulness_reward, reward_metrics, total_reward
+from alphaalign_jax.rewards.reward_models import make_reward_model
 from alphaalign_jax.rewards.safety import SafetyRewardConfig, score_groups
 
 
@@ -67,3 +68,18 @@ class AlphaAlignReward:
         metrics["reward/rm_score_benign"] = (float(scores[benign_rows].mean())
                                              if len(benign_rows) else 0.0)
         return np.asarray(total, np.float32), metrics
+
+
+def alphaalign_reward(reward_config, default_rm_dir, mesh) -> AlphaAlignReward:
+    """The method's reward from a training config's ``reward`` section (the helpfulness model
+    read from ``rm_dir``, or the policy's own base model ``default_rm_dir`` as a judge)."""
+    r = reward_config
+    safety = SafetyRewardConfig(r_format=r.r_format, r_answer=r.r_answer,
+                                refusal_phrases=tuple(r.refusal_phrases),
+                                format_shaping=float(r.format_shaping))
+    rm_kwargs = {} if r.helpfulness == "none" else dict(
+        hf_dir=r.rm_dir or default_rm_dir, mesh=mesh, batch_size=r.rm_batch_size,
+        max_length=r.rm_max_len)
+    return AlphaAlignReward(safety, make_reward_model(r.helpfulness, **rm_kwargs),
+                            refusals_in_stats=r.refusals_in_stats,
+                            normalise_each=r.normalise_each)

@@ -64,6 +64,13 @@ def build_chat_prompt(
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
+
+def policy_prompt(query: str, tokenizer: Any, template: str, system_prompt: str,
+                  response_prefix: str) -> str:
+    """What the policy is conditioned on, in training and evaluation alike: the chat prompt,
+    then the forced start of the response (which the verifiers score as part of it)."""
+    return build_chat_prompt(query, tokenizer, template, system_prompt) + response_prefix
+
 # Format bootstrapping for policies too small to follow the template unaided (config
 # ``system_prompt``; off in the paper configs): two worked examples of each case in the
 # template's own format, with reasoning that names what makes the question (un)safe. On

@@ -8,8 +8,9 @@ the policy on it *conditioned on the training prompt* (without the scaffold):
 
 * the tags in order (V_f = 1),
 * a refusal exactly when the prompt is harmful (V_r equals the label),
-* no run of ``max_copied_words`` words taken from the scaffold (a copied worked example is not
-  the policy's answer to this question), and at most one copy of each distinct completion.
+* no run of ``copy_words`` words taken from the scaffold (a copied worked example is not the
+  policy's answer to this question; the tags and the template's refusal, which every valid
+  answer shares with the scaffold, do not count), and one copy of each distinct completion.
 
 No outside data: the policy writes every target and the verifiers label it. The selection and
 the packing of kept samples into update batches are pure functions, tested on their own.
@@ -24,15 +25,31 @@ from typing import NamedTuple
 import numpy as np
 
 from alphaalign_jax.data.records import PromptRecord
-from alphaalign_jax.rewards.verifiers import format_verifier, is_refusal
+from alphaalign_jax.rewards.verifiers import (
+    ANSWER_CLOSE,
+    ANSWER_OPEN,
+    BOXED_OPEN,
+    REASONING_CLOSE,
+    REASONING_OPEN,
+    format_verifier,
+    is_refusal,
+)
 
 _WORD = re.compile(r"\w+")
+# What the template asks every answer to contain: not content, so never a copy.
+_FIXED = re.compile("|".join(re.escape(x) for x in (
+    REASONING_OPEN, REASONING_CLOSE, ANSWER_OPEN, ANSWER_CLOSE,
+    BOXED_OPEN + "Sorry, I can't comply}")))
 
 
 def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    """Every run of ``n`` consecutive words (lower-cased, punctuation dropped)."""
-    words = _WORD.findall(text.lower())
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    """Every run of ``n`` consecutive words (lower-cased, punctuation dropped) within the
+    text between the template's fixed parts (tags, the boxed refusal), which break a run."""
+    grams = set()
+    for part in _FIXED.split(text):
+        words = _WORD.findall(part.lower())
+        grams.update(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return grams
 
 
 class Verdict(NamedTuple):
