@@ -57,6 +57,7 @@ from alphaalign_jax.rewards import (
     format_verifier,
     policy_prompt,
     refusal_verifier,
+    scored_response,
     visible_answer,
 )
 from alphaalign_jax.rewards import is_refusal as refusal_of
@@ -307,8 +308,8 @@ class Evaluator:
     def scored(self, row: dict, sample: int = 0) -> str:
         """The text the verifiers read: a training-style response prefix is part of the
         response, an attack's forced text is not (only what the model wrote is judged)."""
-        text = row["completions"][sample]
-        return text if row["forced"] != self.settings.response_prefix else row["forced"] + text
+        return scored_response(row["completions"][sample], self.settings.response_prefix,
+                               row["forced"])
 
     def run(self, harmful: list[PromptRecord], benign: list[PromptRecord],
             judge=None, prefill: Sequence[int] = PREFILL_TOKENS) -> dict[str, float]:

@@ -48,7 +48,7 @@ from alphaalign_jax.data.records import DataError, PromptRecord, load_jsonl
 from alphaalign_jax.metrics import MetricsWriter
 from alphaalign_jax.rundir import RunDirLock, RunDirLocked
 from alphaalign_jax.models import CheckpointError, from_pretrained, load_tokenizer
-from alphaalign_jax.rewards import RewardFn, alphaalign_reward, policy_prompt
+from alphaalign_jax.rewards import RewardFn, alphaalign_reward, policy_prompt, scored_response
 from alphaalign_jax.rl import algorithms, rft
 from alphaalign_jax.rl.advantages import group_advantages
 from alphaalign_jax.rl.critic import Critic
@@ -270,12 +270,12 @@ class Trainer:
         rollouts = self.sampler.generate(
             [self._prompt_text(r, system_prompt) for r in records],
             max_new_tokens=c.rollout.max_new_tokens, num_samples=c.rollout.num_samples,
-            temperature=temperature or c.rollout.temperature, top_p=c.rollout.top_p, top_k=c.rollout.top_k,
-            seed=seed, stop_strings=tuple(c.rollout.stop_strings),
+            temperature=temperature or c.rollout.temperature, top_p=c.rollout.top_p,
+            top_k=c.rollout.top_k, seed=seed, stop_strings=tuple(c.rollout.stop_strings),
             state=nnx.state(nnx.merge(self.graphdef, self.params, self.rest)))
         group, prefix = c.rollout.num_samples, c.rollout.response_prefix
-        return rollouts, [[prefix + t for t in rollouts.texts[i * group:(i + 1) * group]]
-                          for i in range(len(records))]
+        texts = [scored_response(t, prefix) for t in rollouts.texts]
+        return rollouts, [texts[i * group:(i + 1) * group] for i in range(len(records))]
 
     def warm_start(self) -> dict[str, float]:
         """The RFT warm start (``config.rft``, rl/rft.py): sample under the scaffold, keep

@@ -21,6 +21,7 @@ from alphaalign_jax.rewards.template import (
     apply_template,
     build_chat_prompt,
     policy_prompt,
+    scored_response,
 )
 from alphaalign_jax.rewards.verifiers import (
     DEFAULT_REFUSAL_PHRASES,
@@ -37,6 +38,7 @@ __all__ = [
     "AlphaAlignReward",
     "alphaalign_reward",
     "policy_prompt",
+    "scored_response",
     "RewardFn",
     "WORKED_EXAMPLES_SYSTEM_PROMPT",
     "format_progress",

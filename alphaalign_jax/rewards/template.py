@@ -71,6 +71,15 @@ def policy_prompt(query: str, tokenizer: Any, template: str, system_prompt: str,
     then the forced start of the response (which the verifiers score as part of it)."""
     return build_chat_prompt(query, tokenizer, template, system_prompt) + response_prefix
 
+
+def scored_response(completion: str, response_prefix: str, forced: str | None = None) -> str:
+    """The text the verifiers read, in training and evaluation alike: a forced response
+    prefix is part of the response (the policy was made to start with it), so it is put back in
+    front of what the sampler returned; text forced by an attack (``forced`` other than the
+    prefix) is not, so only what the model wrote is judged."""
+    forced = response_prefix if forced is None else forced
+    return response_prefix + completion if forced == response_prefix else completion
+
 # Format bootstrapping for policies too small to follow the template unaided (config
 # ``system_prompt``; off in the paper configs): two worked examples of each case in the
 # template's own format, with reasoning that names what makes the question (un)safe. On
