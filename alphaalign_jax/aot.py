@@ -215,7 +215,7 @@ def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device]
     opt_sh = shd.optimizer_shardings(tx, params, mesh)
     opt_state = _abstract(jax.eval_shape(tx.init, params), opt_sh)
     step, reference = train_lib.update_programs(
-        c, graphdef, tx, mesh, param_shardings=jax.tree.map(lambda x: x.sharding, params),
+        c, graphdef, tx, mesh, param_shardings=shd.shardings_of(params),
         opt_shardings=opt_sh)
 
     def rows(shape, dtype):

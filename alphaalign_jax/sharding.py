@@ -101,6 +101,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def shardings_of(tree):
+    """The sharding of every array (or abstract array) in ``tree``."""
+    return jax.tree.map(lambda x: x.sharding, tree)
+
+
 def batch_sharding(mesh: Mesh, ndim: int, batch_size: int | None = None) -> NamedSharding:
     """Shard the leading (batch) axis over data x fsdp; other axes replicated."""
     shape = None if batch_size is None else (batch_size,) + (1,) * (ndim - 1)

@@ -53,15 +53,12 @@ from alphaalign_jax.rl import algorithms, rft
 from alphaalign_jax.rl.advantages import group_advantages
 from alphaalign_jax.rl.critic import Critic
 from alphaalign_jax.rl.optim import config_optimizer, make_optimizer
-from alphaalign_jax.rl.step import LossSettings, UpdateBatch, reference_logprobs, train_step
+from alphaalign_jax.rl.step import (LossSettings, NonFiniteError, UpdateBatch, jit_update,
+                                    reference_logprobs, train_step)
 from alphaalign_jax.sampling import Rollouts, Sampler
 from alphaalign_jax.sampling.sampler import bucket
 
 FLAGS = flags.FLAGS
-
-
-class NonFiniteError(RuntimeError):
-    """A non-finite loss or gradient: the update was not applied and the run stops."""
 
 
 class Preempted(Exception):
@@ -79,22 +76,18 @@ def loss_settings(c: ml_collections.ConfigDict) -> LossSettings:
 
 def update_programs(c: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
                     tx: optax.GradientTransformation, mesh, *, param_shardings, opt_shardings,
-                    on_trace=lambda: None, kind: str = "clipped"):
+                    settings: LossSettings | None = None, on_trace=lambda: None):
     """The jitted optimizer step (parameters and optimizer state donated) and reference
     log-prob pass of a config: what the trainer runs and ``aot`` compiles for a TPU.
-    ``kind="nll"`` makes it the supervised step of the RFT warm start, one target a row
-    (group size 1: each target's prompt computed for it alone)."""
-    settings = loss_settings(c)._replace(kind=kind)
-    if kind == "nll":
-        settings = settings._replace(group_size=1)
+    ``settings`` default to the config's loss (the RFT warm start passes its own)."""
+    settings = settings or loss_settings(c)
 
     def step_fn(params, rest, opt_state, batch):
         on_trace()
         return train_step(graphdef, params, rest, opt_state, batch, tx=tx, settings=settings,
                           micro_batch_size=c.algo.micro_batch_size)
 
-    step = jax.jit(step_fn, donate_argnums=(0, 2),
-                   out_shardings=(param_shardings, opt_shardings, shd.replicated(mesh)))
+    step = jit_update(step_fn, param_shardings, opt_shardings, shd.replicated(mesh))
     ref = jax.jit(lambda ref_params, rest, batch: reference_logprobs(
         graphdef, ref_params, rest, batch,
         prompts_per_micro=c.algo.micro_batch_size // c.rollout.num_samples,
@@ -208,9 +201,8 @@ class Trainer:
 
         self._train_step, self._ref_logprobs = update_programs(
             self.config, self.graphdef, self.tx, self.mesh,
-            param_shardings=jax.tree.map(lambda x: x.sharding, self.params),
-            opt_shardings=jax.tree.map(lambda x: x.sharding, self.opt_state),
-            on_trace=count_trace)
+            param_shardings=shd.shardings_of(self.params),
+            opt_shardings=shd.shardings_of(self.opt_state), on_trace=count_trace)
 
     # -------------------------------------------------------------- checkpoints
     def _state(self) -> dict[str, Any]:
@@ -281,74 +273,42 @@ class Trainer:
         """The RFT warm start (``config.rft``, rl/rft.py): sample under the scaffold, keep
         the verified completions, fine-tune on them under the training prompt. Deterministic
         in the seed, so a run killed during it redoes the same warm start."""
-        c, r = self.config, self.config.rft
-        scaffold = r.system_prompt or c.system_prompt
-        group = c.rollout.num_samples
-        targets, counts, harmful, kept_texts = [], {}, 0, []
+        c = self.config
+        logging.warning("RFT warm start: sampling %d batches under the scaffold", c.rft.rounds)
         t0 = time.perf_counter()
-        logging.warning("RFT warm start: sampling %d batches under the scaffold", r.rounds)
-        for round_index in range(r.rounds):
-            records = self.prompts.next()
-            seed = int(np.random.SeedSequence([c.train.seed, 7, round_index])
-                       .generate_state(1)[0] >> 1)
-            rollouts, texts = self._rollouts(records, seed, scaffold, r.temperature)
-            keep, round_counts = rft.select(records, texts, scaffold=scaffold,
-                                            copy_words=r.copy_words,
-                                            refusal_phrases=tuple(c.reward.refusal_phrases))
-            counts = {k: counts.get(k, 0) + v for k, v in round_counts.items()}
-            train_ids = self.sampler.encode([self._prompt_text(x) for x in records])
-            for p, g in zip(*np.nonzero(keep)):
-                row = p * group + g
-                harmful += records[p].label == "harmful"
-                kept_texts.append({"label": records[p].label, "prompt": records[p].prompt,
-                                   "completion": texts[p][g]})
-                targets.append(rft.Target(np.asarray(train_ids[p], np.int32),
-                                          rollouts.completion_ids[row],
-                                          rollouts.completion_mask[row]))
-        sampled = sum(counts.values())
-        if len(targets) < r.min_kept:
-            raise config_lib.ConfigValueError(
-                f"config.rft: {len(targets)} of {sampled} warm-start samples passed the "
-                f"verifiers (rejected: {counts}), fewer than rft.min_kept={r.min_kept}; use a "
-                "scaffold the policy follows (rft.system_prompt) or more rft.rounds")
+        collected = rft.collect(
+            c, self.prompts.next, sample=self._rollouts,
+            encode=lambda records: self.sampler.encode([self._prompt_text(r) for r in records]))
         t1 = time.perf_counter()
-        tx, _ = make_optimizer(learning_rate=r.learning_rate, total_steps=1, warmup_steps=0,
+        tx, _ = make_optimizer(learning_rate=c.rft.learning_rate, total_steps=1, warmup_steps=0,
                                schedule="constant", weight_decay=0.0, b1=c.optim.b1,
                                b2=c.optim.b2, eps=c.optim.eps, max_grad_norm=c.optim.max_grad_norm)
         opt_state = shd.init_optimizer(tx, self.params, self.mesh)
         sft_step, _ = update_programs(
-            c, self.graphdef, tx, self.mesh,
-            param_shardings=jax.tree.map(lambda x: x.sharding, self.params),
-            opt_shardings=jax.tree.map(lambda x: x.sharding, opt_state), kind="nll")
-        rng = np.random.default_rng([c.train.seed, 7])
-        epoch_loss = []
-        for _ in range(r.epochs):
-            order = rng.permutation(len(targets))
-            batches = rft.pack([targets[i] for i in order], group_size=1,
-                               groups_per_batch=c.train.prompts_per_step * group,
-                               width_of=lambda n: min(bucket(n, 16), c.rollout.max_prompt_len))
-            losses = []
-            for b in batches:
-                zeros = np.zeros(b["completion_ids"].shape, np.float32)
-                update = self._device_batch(b["prompt_ids"], b["prompt_mask"],
-                                            b["completion_ids"], b["completion_mask"], zeros,
-                                            np.zeros(len(zeros), np.float32))
-                self.params, opt_state, m = sft_step(self.params, self.rest, opt_state, update)
-                losses.append((m["loss"], m["tokens"], m["finite"]))
-            loss, tokens, finite = (np.asarray(x) for x in zip(*shd.to_host(losses)))
-            if not finite.all():
-                raise NonFiniteError("RFT warm start: non-finite loss or gradient; no "
-                                     "checkpoint was written")
-            epoch_loss.append(float((loss * tokens).sum() / max(tokens.sum(), 1)))
-        metrics = {"rft/sampled": sampled, "rft/targets": len(targets),
-                   **{f"rft/rejected_{k}": v for k, v in counts.items() if k != "kept"},
-                   "rft/targets_harmful": harmful,
+            c, self.graphdef, tx, self.mesh, param_shardings=shd.shardings_of(self.params),
+            opt_shardings=shd.shardings_of(opt_state),
+            settings=rft.loss_settings(loss_settings(c)))
+
+        def step(state, b):
+            zeros = np.zeros(b["completion_ids"].shape, np.float32)
+            batch = self._device_batch(b["prompt_ids"], b["prompt_mask"], b["completion_ids"],
+                                       b["completion_mask"], zeros, zeros[:, 0])
+            params, opt_state, m = sft_step(state[0], self.rest, state[1], batch)
+            return (params, opt_state), m  # read once an epoch by fine_tune: no sync a step
+
+        (self.params, _), epoch_loss = rft.fine_tune(
+            c, collected.targets, (self.params, opt_state), step,
+            width_of=lambda n: min(bucket(n, 16), c.rollout.max_prompt_len))
+        metrics = {"rft/sampled": sum(collected.counts.values()),
+                   "rft/targets": len(collected.targets),
+                   **{f"rft/rejected_{k}": v for k, v in collected.counts.items() if k != "kept"},
+                   "rft/targets_harmful": sum(t["label"] == "harmful" for t in collected.kept),
                    **{f"rft/nll_epoch{i + 1}": v for i, v in enumerate(epoch_loss)},
                    "time/rft_sampling_s": t1 - t0, "time/rft_update_s": time.perf_counter() - t1}
         if jax.process_index() == 0:
             (self.workdir / "rft.json").write_text(json.dumps(metrics, indent=2))
             (self.workdir / "rft_targets.jsonl").write_text(
-                "".join(json.dumps(t) + "\n" for t in kept_texts))
+                "".join(json.dumps(t) + "\n" for t in collected.kept))
         return metrics
 
     def _collect(self):

@@ -75,6 +75,14 @@ def test_ppo_advantages_put_the_score_last_subtract_the_kl_and_whiten():
     np.testing.assert_allclose(metrics["critic/explained_variance"], want_ev, rtol=1e-4)
 
 
+def test_explained_variance_of_returns_that_do_not_vary_is_undefined():
+    mask = jnp.ones((4, 3), bool)
+    _, _, metrics = ppo_advantages(jnp.ones(4), jnp.full((4, 3), 0.3), mask, jnp.zeros((4, 3)),
+                                   jnp.zeros((4, 3)), kl_penalty=0.0, gamma=1.0, lam=1.0,
+                                   whiten_advantages=False)
+    assert np.isnan(metrics["critic/explained_variance"])
+
+
 def test_policy_loss_with_per_token_advantages_and_its_gradient():
     rng = np.random.default_rng(2)
     mask, _ = ragged(rng)

@@ -18,7 +18,7 @@ from alphaalign_jax import sharding as shd
 from alphaalign_jax.models import CheckpointError, Transformer, from_pretrained, value_model
 from alphaalign_jax.rl.gae import ppo_advantages
 from alphaalign_jax.rl.optim import config_optimizer
-from alphaalign_jax.rl.step import UpdateBatch, critic_step, critic_values
+from alphaalign_jax.rl.step import UpdateBatch, critic_step, critic_values, jit_update
 
 
 class Critic:
@@ -46,14 +46,12 @@ class Critic:
         self._advantages = jax.jit(functools.partial(
             ppo_advantages, kl_penalty=float(c.algo.kl_penalty), gamma=float(c.algo.gamma),
             lam=float(c.algo.lam), whiten_advantages=bool(c.algo.whiten_advantages)))
-        self._step = jax.jit(
+        self._step = jit_update(
             functools.partial(critic_step, self.graphdef, tx=self.tx,
                               value_clip=float(c.algo.value_clip), group_size=group,
                               micro_batch_size=c.algo.micro_batch_size),
-            donate_argnums=(0, 2),
-            out_shardings=(jax.tree.map(lambda x: x.sharding, self.params),
-                           jax.tree.map(lambda x: x.sharding, self.opt_state),
-                           shd.replicated(mesh)))
+            shd.shardings_of(self.params), shd.shardings_of(self.opt_state),
+            shd.replicated(mesh))
 
     def estimate(self, batch: UpdateBatch, scores: jax.Array
                  ) -> tuple[UpdateBatch, dict[str, jax.Array]]:

@@ -62,7 +62,8 @@ def ppo_advantages(scores: jax.Array, values: jax.Array, mask: jax.Array, old_lo
     (the KL-in-reward of InstructGPT), then GAE, then (optionally) whitening.
 
     Returns ``(advantages, returns, metrics)``; metrics hold the explained variance of the
-    returns by the values (1 = perfect, <= 0 = no better than their mean).
+    returns by the values (1 = perfect, <= 0 = no better than their mean; NaN when the returns
+    do not vary, e.g. every rollout scored alike, where it is undefined).
     """
     mask = jnp.asarray(mask).astype(jnp.float32)
     rewards = terminal_rewards(scores, mask)
@@ -75,7 +76,9 @@ def ppo_advantages(scores: jax.Array, values: jax.Array, mask: jax.Array, old_lo
         mean = (x * mask).sum() / count
         return (jnp.square(x - mean) * mask).sum() / count
 
-    metrics = {"critic/explained_variance": 1.0 - var(returns - values) / (var(returns) + 1e-8),
+    returns_var = var(returns)
+    explained = jnp.where(returns_var > 1e-8, 1.0 - var(returns - values) / returns_var, jnp.nan)
+    metrics = {"critic/explained_variance": explained,
                "critic/return_mean": (returns * mask).sum() / count,
                "critic/advantage_mean": (advantages * mask).sum() / count}
     if whiten_advantages:

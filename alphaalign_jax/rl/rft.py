@@ -13,18 +13,22 @@ the policy on it *conditioned on the training prompt* (without the scaffold):
   answer shares with the scaffold, do not count), and one copy of each distinct completion.
 
 No outside data: the policy writes every target and the verifiers label it. The selection and
-the packing of kept samples into update batches are pure functions, tested on their own.
+the packing of kept samples into update batches are pure functions, tested on their own;
+``collect`` and ``fine_tune`` run them with the trainer's sampler and update program.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
+import ml_collections
 import numpy as np
 
+from alphaalign_jax.config import ConfigValueError
 from alphaalign_jax.data.records import PromptRecord
+from alphaalign_jax.rl.step import LossSettings, NonFiniteError
 from alphaalign_jax.rewards.verifiers import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
@@ -133,3 +137,76 @@ def pack(targets: Sequence[Target], *, group_size: int, groups_per_batch: int,
                 batch["completion_mask"][row] = t.completion_mask & (g < len(group)) & (p < real)
         batches.append(batch)
     return batches
+
+
+class Collected(NamedTuple):
+    targets: list[Target]
+    counts: dict[str, int]  # samples by verdict
+    kept: list[dict]  # the kept samples as text: label, prompt, completion
+
+
+def collect(c: ml_collections.ConfigDict, next_records: Callable[[], list[PromptRecord]],
+            sample: Callable, encode: Callable[[list[PromptRecord]], list]) -> Collected:
+    """``c.rft.rounds`` batches sampled under the scaffold, the verified ones kept.
+
+    ``sample(records, seed, system_prompt, temperature) -> (Rollouts, texts [P][G])`` is the
+    trainer's sampler; ``encode(records)`` gives the token ids of the *training* prompts the
+    targets are conditioned on. Seeds are a function of (train.seed, round): deterministic.
+    """
+    r = c.rft
+    scaffold = r.system_prompt or c.system_prompt
+    group = c.rollout.num_samples
+    targets, kept, counts = [], [], {}
+    for round_index in range(r.rounds):
+        records = next_records()
+        seed = int(np.random.SeedSequence([c.train.seed, 7, round_index])
+                   .generate_state(1)[0] >> 1)
+        rollouts, texts = sample(records, seed, scaffold, r.temperature)
+        keep, round_counts = select(records, texts, scaffold=scaffold, copy_words=r.copy_words,
+                                    refusal_phrases=tuple(c.reward.refusal_phrases))
+        counts = {k: counts.get(k, 0) + v for k, v in round_counts.items()}
+        train_ids = encode(records)
+        for p, g in zip(*np.nonzero(keep)):
+            row = p * group + g
+            kept.append({"label": records[p].label, "prompt": records[p].prompt,
+                         "completion": texts[p][g]})
+            targets.append(Target(np.asarray(train_ids[p], np.int32),
+                                  rollouts.completion_ids[row], rollouts.completion_mask[row]))
+    if len(targets) < r.min_kept:
+        raise ConfigValueError(
+            f"config.rft: {len(targets)} of {sum(counts.values())} warm-start samples passed "
+            f"the verifiers (rejected: {counts}), fewer than rft.min_kept={r.min_kept}; use a "
+            "scaffold the policy follows (rft.system_prompt) or more rft.rounds")
+    return Collected(targets, counts, kept)
+
+
+def loss_settings(settings: LossSettings) -> LossSettings:
+    """The training loss's settings turned into the warm start's: token-mean NLL, one target a
+    row (each target's prompt computed for it alone)."""
+    return settings._replace(kind="nll", group_size=1)
+
+
+def fine_tune(c: ml_collections.ConfigDict, targets: Sequence[Target], state: Any,
+              step: Callable, width_of: Callable[[int], int]) -> tuple[Any, list[float]]:
+    """``c.rft.epochs`` shuffled passes of ``step(state, batch) -> (state, metrics)`` (an NLL
+    update program; batches as ``pack`` lays them out) over the targets, one a row.
+
+    Returns the final state and each epoch's token-mean NLL (the loss before each update).
+    """
+    rng = np.random.default_rng([c.train.seed, 7])
+    epoch_loss = []
+    for _ in range(c.rft.epochs):
+        order = rng.permutation(len(targets))
+        batches = pack([targets[i] for i in order], group_size=1,
+                       groups_per_batch=c.train.prompts_per_step * c.rollout.num_samples,
+                       width_of=width_of)
+        losses = []
+        for batch in batches:
+            state, m = step(state, batch)
+            losses.append((m["loss"], m["tokens"], m["finite"]))
+        loss, tokens, finite = (np.asarray(x, np.float64) for x in zip(*losses))
+        if not finite.all():
+            raise NonFiniteError("RFT warm start: non-finite loss or gradient; no checkpoint "
+                                 "was written")
+        epoch_loss.append(float((loss * tokens).sum() / max(tokens.sum(), 1)))
+    return state, epoch_loss

@@ -25,6 +25,10 @@ from alphaalign_jax.rl.losses import finalize, grpo_loss, nll_loss, value_loss
 Array = jax.Array
 
 
+class NonFiniteError(RuntimeError):
+    """A non-finite loss or gradient: the update was not applied and the run stops."""
+
+
 class UpdateBatch(NamedTuple):
     """One rollout batch of P prompts x G rollouts, laid out for teacher forcing.
 
@@ -198,6 +202,14 @@ def apply_accumulated(params: nnx.State, opt_state: optax.OptState, micro: Updat
     keep = functools.partial(jnp.where, finite)
     return (jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt_state, opt_state),
             loss, grad_norm, finite, aux)
+
+
+def jit_update(update, param_shardings, opt_shardings, replicated):
+    """``update(params, rest, opt_state, batch) -> (params, opt_state, metrics)`` jitted with
+    the parameters and optimizer state donated and kept in their shardings (metrics
+    replicated): the one way every optimizer step here (policy, critic, warm start) is built."""
+    return jax.jit(update, donate_argnums=(0, 2),
+                   out_shardings=(param_shardings, opt_shardings, replicated))
 
 
 def train_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
