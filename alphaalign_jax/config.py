@@ -28,6 +28,10 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
         hf_dir="",  # HF directory of the policy; "" = the bundled SmolLM2-135M-Instruct
         dtype="float32",  # compute dtype
         param_dtype="float32",
+        # Recompute each block in the update's backward pass instead of keeping its
+        # activations: one block's activation memory instead of every block's, for about a
+        # third more update compute. What lets the paper models' 2k-token updates fit a chip.
+        remat=False,
     )
     c.mesh = dict(data=1, fsdp=-1, tensor=1)  # -1: all remaining devices
     c.data = dict(

@@ -71,7 +71,7 @@ def loss_settings(c: ml_collections.ConfigDict) -> LossSettings:
         beta=float(c.algo.beta), aggregation=c.algo.aggregation,
         max_completion_len=int(c.rollout.max_new_tokens),
         temperature=float(c.rollout.temperature), logprob_chunk=int(c.algo.logprob_chunk),
-        group_size=int(c.rollout.num_samples))
+        group_size=int(c.rollout.num_samples), remat=bool(c.model.remat))
 
 
 def update_programs(c: ml_collections.ConfigDict, graphdef: nnx.GraphDef,

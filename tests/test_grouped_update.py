@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from alphaalign_jax.models import ModelConfig, Transformer
@@ -36,7 +37,8 @@ def full_rows(prompt_ids, prompt_mask, completion_ids, completion_mask):
     return jnp.asarray(tokens), jnp.asarray(mask)
 
 
-def test_grouped_pass_equals_full_forward_with_gradients():
+@pytest.mark.parametrize("remat", [False, True])
+def test_grouped_pass_equals_full_forward_with_gradients(remat):
     graphdef, params, rest = nnx.split(Transformer(CFG, rngs=nnx.Rngs(1)), nnx.Param, ...)
     prompt_ids, prompt_mask, completion_ids, completion_mask = ragged_batch()
     tokens, mask = full_rows(prompt_ids, prompt_mask, completion_ids, completion_mask)
@@ -50,7 +52,7 @@ def test_grouped_pass_equals_full_forward_with_gradients():
     def grouped(p):
         logp, ent = grouped_completion_logprobs(
             nnx.merge(graphdef, p, rest), jnp.asarray(prompt_ids), jnp.asarray(prompt_mask),
-            jnp.asarray(completion_ids), G, 0.7, 4)
+            jnp.asarray(completion_ids), G, 0.7, 4, remat=remat)
         return (logp * weights).sum(), (logp, ent)
 
     (_, (logp_f, ent_f)), grad_f = jax.value_and_grad(full, has_aux=True)(params)
@@ -61,3 +63,4 @@ def test_grouped_pass_equals_full_forward_with_gradients():
     for a, b in zip(jax.tree.leaves(grad_g), jax.tree.leaves(grad_f)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-4)
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grad_f)) > 1e-3  # not vacuous
+

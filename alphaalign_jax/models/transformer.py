@@ -250,9 +250,14 @@ class Transformer(nnx.Module):
 
     def hidden_states(self, input_ids: Array, attention_mask: Array | None = None, *,
                       positions: Array | None = None, cache: KVCache | None = None,
-                      cache_index: Array | int | None = None
+                      cache_index: Array | int | None = None, remat: bool = False
                       ) -> tuple[Array, KVCache | None]:
-        """Final-norm hidden states ``[B, T, D]`` (and the updated cache)."""
+        """Final-norm hidden states ``[B, T, D]`` (and the updated cache).
+
+        ``remat``: keep only each block's input for the backward pass and recompute the block
+        there (``nnx.remat``): activation memory of one block instead of all of them, for
+        about a third more compute; the values and gradients are unchanged.
+        """
         b, t = input_ids.shape
         if cache is None:
             if attention_mask is None:
@@ -275,7 +280,8 @@ class Transformer(nnx.Module):
         new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
-            x, layer_cache = layer(x, rope, mask, layer_cache, cache_index)
+            x, layer_cache = (_remat_block if remat else _block)(layer, x, rope, mask,
+                                                                 layer_cache, cache_index)
             if layer_cache is not None:
                 new_keys.append(layer_cache[0])
                 new_values.append(layer_cache[1])
@@ -294,6 +300,13 @@ class Transformer(nnx.Module):
         head = self.score[...] if self.score is not None else self.unembedding()
         logits = jnp.einsum("btd,dv->btv", x, head.astype(x.dtype))
         return logits if cache is None else (logits, new_cache)
+
+
+def _block(layer: Block, x, rope, mask, cache, cache_index):
+    return layer(x, rope, mask, cache, cache_index)
+
+
+_remat_block = nnx.remat(_block)
 
 
 def default_positions(attention_mask: Array) -> Array:

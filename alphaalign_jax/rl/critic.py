@@ -49,7 +49,8 @@ class Critic:
         self._step = jit_update(
             functools.partial(critic_step, self.graphdef, tx=self.tx,
                               value_clip=float(c.algo.value_clip), group_size=group,
-                              micro_batch_size=c.algo.micro_batch_size),
+                              micro_batch_size=c.algo.micro_batch_size,
+                              remat=bool(c.model.remat)),
             shd.shardings_of(self.params), shd.shardings_of(self.opt_state),
             shd.replicated(mesh))
 

@@ -60,6 +60,7 @@ class LossSettings(NamedTuple):
     temperature: float
     logprob_chunk: int
     group_size: int = 1  # G: rollouts per prompt in an UpdateBatch
+    remat: bool = False  # recompute each block in the backward pass (memory for compute)
     # "clipped": the clipped-ratio policy-gradient loss (advantages, old log-probs);
     # "nll": supervised fine-tuning on the masked tokens (the RFT warm start).
     kind: str = "clipped"
@@ -82,7 +83,8 @@ def completion_logprobs(model: nnx.Module, tokens: Array, attention_mask: Array,
 
 
 def grouped_completion_hidden(model: nnx.Module, prompt_ids: Array, prompt_mask: Array,
-                              completion_ids: Array, group_size: int) -> Array:
+                              completion_ids: Array, group_size: int, remat: bool = False
+                              ) -> Array:
     """Hidden states ``[P * G, C, D]`` at the positions predicting each completion token
     (the state each token is chosen in), for G completions per prompt, the prompt computed once.
 
@@ -91,6 +93,7 @@ def grouped_completion_hidden(model: nnx.Module, prompt_ids: Array, prompt_mask:
     position predicts completion token 0. Gradients flow through the shared cache
     into the prompt pass, so the result and its gradient equal the full forward's.
     Completions are right-padded, so causality alone keeps real tokens off padding.
+    ``remat`` recomputes each block in the backward pass (Transformer.hidden_states).
     """
     num_prompts, width = prompt_ids.shape
     completion_len = completion_ids.shape[1]
@@ -99,33 +102,34 @@ def grouped_completion_hidden(model: nnx.Module, prompt_ids: Array, prompt_mask:
     prompt_kv = jnp.pad(prompt_mask, ((0, 0), (0, completion_len - 1)))
     hidden, cache = model.hidden_states(prompt_ids, prompt_kv,
                                         positions=default_positions(prompt_mask), cache=cache,
-                                        cache_index=0)
+                                        cache_index=0, remat=remat)
     first = jnp.repeat(hidden[:, -1:], group_size, axis=0)  # predicts completion token 0
     cache = cache.map_buffers(lambda x, _: jnp.repeat(x, group_size, axis=0))
     kv_mask = jnp.repeat(prompt_kv.at[:, width:].set(True), group_size, axis=0)
     start = jnp.repeat(prompt_mask.sum(axis=1, keepdims=True), group_size, axis=0)
     positions = start + jnp.arange(completion_len - 1)[None]
     rest, _ = model.hidden_states(completion_ids[:, :-1], kv_mask, positions=positions,
-                                  cache=cache, cache_index=width)
+                                  cache=cache, cache_index=width, remat=remat)
     return jnp.concatenate([first, rest], axis=1)
 
 
 def grouped_completion_logprobs(model: nnx.Module, prompt_ids: Array, prompt_mask: Array,
                                 completion_ids: Array, group_size: int, temperature: float,
-                                chunk: int) -> tuple[Array, Array]:
+                                chunk: int, remat: bool = False) -> tuple[Array, Array]:
     """``completion_logprobs`` of G completions per prompt, the prompt computed once."""
     predicting = grouped_completion_hidden(model, prompt_ids, prompt_mask, completion_ids,
-                                           group_size)
+                                           group_size, remat)
     return token_logprobs(predicting, model.unembedding(), completion_ids,
                           temperature=temperature, chunk_size=chunk)
 
 
 def grouped_completion_values(critic: nnx.Module, prompt_ids: Array, prompt_mask: Array,
-                              completion_ids: Array, group_size: int) -> Array:
+                              completion_ids: Array, group_size: int, remat: bool = False
+                              ) -> Array:
     """The critic's value ``V(s_t)`` before each completion token, ``[P * G, C]`` float32
     (a 1-label classifier head applied at every position)."""
     hidden = grouped_completion_hidden(critic, prompt_ids, prompt_mask, completion_ids,
-                                       group_size)
+                                       group_size, remat)
     return jnp.einsum("bcd,d->bc", hidden, critic.score[...][:, 0].astype(hidden.dtype)
                       ).astype(jnp.float32)
 
@@ -223,7 +227,7 @@ def train_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
         model = nnx.merge(graphdef, p, rest)
         logp, entropy = grouped_completion_logprobs(
             model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, settings.group_size,
-            settings.temperature, settings.logprob_chunk)
+            settings.temperature, settings.logprob_chunk, settings.remat)
         mask = mb.completion_mask
         if settings.kind == "nll":
             loss_sum, count, aux = nll_loss(logp, mask)
@@ -261,12 +265,12 @@ def _micro(batch: UpdateBatch, micro_batch_size: int, group_size: int) -> Update
 def critic_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
                 opt_state: optax.OptState, batch: UpdateBatch, *,
                 tx: optax.GradientTransformation, value_clip: float, group_size: int,
-                micro_batch_size: int) -> tuple[nnx.State, optax.OptState, dict[str, Array]]:
+                micro_batch_size: int, remat: bool = False) -> tuple[nnx.State, optax.OptState, dict[str, Array]]:
     """One optimizer update of the critic on PPO's clipped value loss (token mean)."""
     def loss_sums(p, mb: UpdateBatch):
         critic = nnx.merge(graphdef, p, rest)
         values = grouped_completion_values(critic, mb.prompt_ids, mb.prompt_mask,
-                                           mb.completion_ids, group_size)
+                                           mb.completion_ids, group_size, remat)
         loss_sum, count, aux = value_loss(values, mb.old_values, mb.returns, mb.completion_mask,
                                           clip=value_clip)
         return loss_sum, (count, aux)
