@@ -306,7 +306,12 @@ def _block(layer: Block, x, rope, mask, cache, cache_index):
     return layer(x, rope, mask, cache, cache_index)
 
 
-_remat_block = nnx.remat(_block)
+def _remat_block(layer: Block, x, rope, mask, cache, cache_index):
+    """``_block`` under ``jax.checkpoint``, the layer passed in as pure state (a block reads
+    its parameters and changes nothing, so this also works inside any enclosing trace)."""
+    graphdef, state = nnx.split(layer)
+    return jax.checkpoint(lambda s, *args: nnx.merge(graphdef, s)(*args))(
+        state, x, rope, mask, cache, cache_index)
 
 
 def default_positions(attention_mask: Array) -> Array:
