@@ -57,6 +57,7 @@ from alphaalign_jax.models import ModelConfig  # noqa: E402
 from alphaalign_jax.models.hf_io import abstract_model, param_shardings  # noqa: E402
 from alphaalign_jax.rewards.reward_models import classifier_scores, last_token_hidden  # noqa: E402
 from alphaalign_jax.rl import algorithms  # noqa: E402
+from alphaalign_jax.rl.critic import critic_programs  # noqa: E402
 from alphaalign_jax.rl.optim import config_optimizer  # noqa: E402
 from alphaalign_jax.rl.step import UpdateBatch  # noqa: E402
 from alphaalign_jax.sampling import sampler as sampler_lib  # noqa: E402
@@ -222,22 +223,27 @@ def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device]
         return jax.ShapeDtypeStruct(shape, dtype, sharding=shd.batch_sharding(mesh, len(shape),
                                                                               shape[0]))
 
+    algorithm = algorithms.get(c.algo.name)
+    gae = algorithm.advantages == "gae"
+
     def update_batch(num_prompts: int) -> UpdateBatch:
+        """The update's layout: PPO's advantages are per token, with values and returns."""
+        per_token = rows((num_prompts * group, new), jnp.float32)
         return UpdateBatch(
             rows((num_prompts, width), jnp.int32), rows((num_prompts, width), jnp.bool_),
-            *(rows((num_prompts * group, new), dt) for dt in
-              (jnp.int32, jnp.float32, jnp.float32, jnp.float32)),
-            rows((num_prompts * group,), jnp.float32))
+            rows((num_prompts * group, new), jnp.int32), per_token, per_token, per_token,
+            per_token if gae else rows((num_prompts * group,), jnp.float32),
+            *((per_token, per_token) if gae else ()))
 
     micro_batches = prompts * group // c.algo.micro_batch_size
     largest = _largest({"params": params, "optimizer": opt_state})
-    if algorithms.get(c.algo.name).critic:
-        print(f"note: {c.algo.name}'s critic (its value pass and update) is not compiled by this "
-              "tool yet; the plan covers the policy's programs", file=sys.stderr)
     try:
         programs, state_bytes = _compile_all(c, policy, graphdef, params, rest, opt_state, step,
                                              reference, update_batch, rows, mesh, width, new,
                                              micro_batches)
+        if algorithm.critic:
+            programs += _critic_programs(c, policy, mesh, update_batch, micro_batches,
+                                         state_bytes)
     except DoesNotFit as e:
         e.largest = largest
         raise
@@ -278,6 +284,28 @@ def _compile_all(c, policy, graphdef, params, rest, opt_state, step, reference, 
                 rm_params, rm_rest, rows(shape, jnp.int32), rows(shape, jnp.bool_))),
             _per_device_bytes(rm_params), math.ceil(benign_rollouts / shape[0])))
     return programs, state_bytes
+
+
+def _critic_programs(c, policy: ModelConfig, mesh, update_batch, micro_batches: int,
+                     state_bytes: dict[str, int]) -> list[Program]:
+    """PPO's critic (the policy's architecture with a 1-label head): its value pass over the
+    rollout batch and its update on a mini-batch; its parameters and Adam state stay resident."""
+    graphdef, params, rest = _model_state(dataclasses.replace(policy, num_labels=1),
+                                          c.model.dtype, c.model.param_dtype, mesh)
+    tx, _ = config_optimizer(c, learning_rate=c.optim.critic_learning_rate)
+    opt_sh = shd.optimizer_shardings(tx, params, mesh)
+    opt_state = _abstract(jax.eval_shape(tx.init, params), opt_sh)
+    values, step = critic_programs(c, graphdef, tx, mesh,
+                                   param_shardings=shd.shardings_of(params), opt_shardings=opt_sh)
+    state_bytes["critic parameters"] = _per_device_bytes(params)
+    state_bytes["critic optimizer state"] = _per_device_bytes(opt_state)
+    prompts = c.train.prompts_per_step
+    return [Program("critic values", _compile("critic values", values.lower(
+                        params, rest, update_batch(prompts))),
+                    _per_device_bytes(params), micro_batches),
+            Program("critic update", _compile("critic update", step.lower(
+                        params, rest, opt_state, update_batch(prompts // c.algo.mini_batches))),
+                    _per_device_bytes((params, opt_state)), micro_batches * c.algo.num_updates)]
 
 
 def _sampler_programs(c, graphdef, params, rest, mesh, width: int, new: int) -> list[Program]:

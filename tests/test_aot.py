@@ -27,11 +27,11 @@ pytestmark = pytest.mark.skipif(not assets.libtpu_path().is_file(),
                                 reason="libtpu not fetched (tools/fetch_assets.py --only libtpu)")
 
 
-def run_aot(tmp_path, *extra: str, prelude: str = "", topology: str = "v5e-8"
-            ) -> subprocess.CompletedProcess:
+def run_aot(tmp_path, *extra: str, prelude: str = "", topology: str = "v5e-8",
+            config: str = "configs/smollm2_135m_cpu.py") -> subprocess.CompletedProcess:
     (tmp_path / "tiny").mkdir(exist_ok=True)
     (tmp_path / "tiny" / "config.json").write_text(json.dumps(TINY))
-    argv = ["aot", "--config=configs/smollm2_135m_cpu.py", f"--topology={topology}",
+    argv = ["aot", f"--config={config}", f"--topology={topology}",
             f"--config.model.hf_dir={tmp_path / 'tiny'}", f"--json={tmp_path / 'plan.json'}",
             *OVERRIDES, *extra]
     code = (f"import sys; sys.argv = {argv!r}\nimport alphaalign_jax.aot as aot\n{prelude}\n"
@@ -64,6 +64,23 @@ def test_tiny_config_compiles_for_a_slice_and_its_numbers_follow_its_shapes(tmp_
     assert all(p["flops"] > 0 and p["total"] > 0 for p in plan["programs"])
     update, decode = programs["update (fwd+bwd+optimizer)"], programs["sampler decode (one token)"]
     assert update["flops"] > 20 * decode["flops"]  # 16 x 96 tokens fwd+bwd vs 32 rows x 1 token
+
+
+def test_ppo_plan_compiles_the_critic_and_keeps_it_resident(tmp_path):
+    out = run_aot(tmp_path, "--config.algo.mini_batches=2", "--config.model.remat=True",
+                  config="configs/smollm2_135m_cpu.py:ppo")
+    assert out.returncode == 0, out.stderr[-3000:]
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    programs = {p["program"]: p for p in plan["programs"]}
+    assert {"critic values", "critic update"} <= set(programs)
+    state = plan["resident_state_bytes"]
+    # the critic: the policy's backbone and a 1-label head instead of the LM head, and its Adam
+    assert 0.5 * state["policy parameters"] < state["critic parameters"] < \
+        state["policy parameters"]
+    assert state["critic optimizer state"] >= 2 * state["critic parameters"]
+    # 8 prompts x 4 rollouts in 2 mini-batches of 16 rows, one micro-batch of 16 each
+    assert programs["critic update"]["runs_a_step"] == 2
+    assert programs["critic values"]["flops"] > 0
 
 
 def test_a_plan_that_does_not_fit_fails_naming_the_tensors(tmp_path):

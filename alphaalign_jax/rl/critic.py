@@ -12,6 +12,7 @@ import functools
 
 import jax
 import ml_collections
+import optax
 from flax import nnx
 
 from alphaalign_jax import sharding as shd
@@ -19,6 +20,22 @@ from alphaalign_jax.models import CheckpointError, Transformer, from_pretrained,
 from alphaalign_jax.rl.gae import ppo_advantages
 from alphaalign_jax.rl.optim import config_optimizer
 from alphaalign_jax.rl.step import UpdateBatch, critic_step, critic_values, jit_update
+
+
+def critic_programs(c: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
+                    tx: optax.GradientTransformation, mesh, *, param_shardings, opt_shardings):
+    """The critic's jitted value pass (V_old of a rollout batch) and update (parameters and
+    optimizer state donated): what the trainer runs and ``aot`` compiles for a TPU."""
+    group = c.rollout.num_samples
+    values = jax.jit(functools.partial(
+        critic_values, graphdef, prompts_per_micro=c.algo.micro_batch_size // group,
+        group_size=group))
+    step = jit_update(
+        functools.partial(critic_step, graphdef, tx=tx, value_clip=float(c.algo.value_clip),
+                          group_size=group, micro_batch_size=c.algo.micro_batch_size,
+                          remat=bool(c.model.remat)),
+        param_shardings, opt_shardings, shd.replicated(mesh))
+    return values, step
 
 
 class Critic:
@@ -39,20 +56,12 @@ class Critic:
         self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
         self.tx, _ = config_optimizer(c, learning_rate=c.optim.critic_learning_rate)
         self.opt_state = shd.init_optimizer(self.tx, self.params, mesh)
-        group = c.rollout.num_samples
-        self._values = jax.jit(functools.partial(
-            critic_values, self.graphdef,
-            prompts_per_micro=c.algo.micro_batch_size // group, group_size=group))
+        self._values, self._step = critic_programs(
+            c, self.graphdef, self.tx, mesh, param_shardings=shd.shardings_of(self.params),
+            opt_shardings=shd.shardings_of(self.opt_state))
         self._advantages = jax.jit(functools.partial(
             ppo_advantages, kl_penalty=float(c.algo.kl_penalty), gamma=float(c.algo.gamma),
             lam=float(c.algo.lam), whiten_advantages=bool(c.algo.whiten_advantages)))
-        self._step = jit_update(
-            functools.partial(critic_step, self.graphdef, tx=self.tx,
-                              value_clip=float(c.algo.value_clip), group_size=group,
-                              micro_batch_size=c.algo.micro_batch_size,
-                              remat=bool(c.model.remat)),
-            shd.shardings_of(self.params), shd.shardings_of(self.opt_state),
-            shd.replicated(mesh))
 
     def estimate(self, batch: UpdateBatch, scores: jax.Array
                  ) -> tuple[UpdateBatch, dict[str, jax.Array]]:
