@@ -40,6 +40,9 @@ def _use_bundled_libtpu() -> None:
         os.environ["TPU_LIBRARY_PATH"] = str(bundled)
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    # Compiling claims no chip, so plans (and tests) may compile side by side; without this,
+    # libtpu's host lockfile lets one process at a time load it.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 _use_bundled_libtpu()
