@@ -411,9 +411,9 @@ def search(c: ml_collections.ConfigDict, topology: str) -> list[dict[str, Any]]:
     return sorted(results, key=lambda r: (not r["fits"], r["step_roofline_s"]))
 
 
-SUGGESTIONS = ("Try more fsdp (--config.mesh.fsdp), a smaller --config.algo.micro_batch_size or "
-               "rollout.max_new_tokens, bf16 parameters (--config.model.param_dtype=bfloat16), "
-               "a larger slice, or --search.")
+SUGGESTIONS = ("Try more fsdp (--config.mesh.fsdp), rematerialisation (--config.model.remat=True), "
+               "a smaller --config.algo.micro_batch_size or rollout.max_new_tokens, bf16 "
+               "parameters (--config.model.param_dtype=bfloat16), a larger slice, or --search.")
 
 # --config (and the trainer's other flags) come with the trainer's module.
 flags.DEFINE_string("topology", None, "Cloud TPU slice: v4-8 ... v4-4096, v5e-1 ... v5e-256, "

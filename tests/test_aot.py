@@ -90,7 +90,7 @@ def test_a_plan_that_does_not_fit_fails_naming_the_tensors(tmp_path):
     assert out.returncode == 1
     assert "DOES NOT FIT" in out.stdout
     assert "aot: does not fit: the largest per-chip tensors are" in out.stderr
-    assert "--config.mesh.fsdp" in out.stderr
+    assert "--config.mesh.fsdp" in out.stderr and "--config.model.remat=True" in out.stderr
 
 
 def test_unknown_topology_is_one_line(tmp_path):
