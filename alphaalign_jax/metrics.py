@@ -15,6 +15,9 @@ HEADLINE = {  # metric -> short console name
     "reward/over_refusal_rate/benign": "over",
     "kl": "kl",
     "time/step_s": "s/step",
+    "time/rollout_s": "rollout s",
+    "time/update_s": "update s",
+    "flops_per_s/update": "update FLOP/s",
 }
 PLOTTED = ("reward/total", "reward/format_rate/harmful", "reward/format_rate/benign",
            "reward/refusal_rate/harmful", "reward/over_refusal_rate/benign",

@@ -48,6 +48,7 @@ from alphaalign_jax.data.records import DataError, PromptRecord, load_jsonl
 from alphaalign_jax.metrics import MetricsWriter
 from alphaalign_jax.rundir import RunDirLock, RunDirLocked
 from alphaalign_jax.models import CheckpointError, from_pretrained, load_tokenizer
+from alphaalign_jax.models.flops import grouped_pass_flops, sampling_flops
 from alphaalign_jax.rewards import RewardFn, alphaalign_reward, policy_prompt, scored_response
 from alphaalign_jax.rl import algorithms, rft
 from alphaalign_jax.rl.advantages import group_advantages
@@ -346,6 +347,9 @@ class Trainer:
             "stop/length_frac": float(np.mean([r == "length" for r in every.stop_reasons])),
             "rollout/tokens_per_s": float(every.lengths.sum() / max(timing["time/rollout_s"],
                                                                    1e-9)),
+            "flops/rollout": sum(sampling_flops(
+                self.model_config, len(r) // group, r.prompt_ids.shape[1], len(r),
+                int(r.lengths.max())) for r in generated),
         })
         if dynamic:
             metrics.update({"dynamic/rounds": len(per_round),
@@ -453,8 +457,25 @@ class Trainer:
         host["time/host_s"] = host["time/step_s"] - sum(
             host[k] for k in ("time/rollout_s", "time/reward_s", "time/reference_s",
                               "time/update_s"))
+        host.update(self._phase_flops(update))
+        for phase in ("rollout", "reference", "update"):
+            host[f"flops_per_s/{phase}"] = host[f"flops/{phase}"] / max(host[f"time/{phase}_s"],
+                                                                      1e-9)
         self.step += 1
         return host
+
+    def _phase_flops(self, batch: UpdateBatch) -> dict[str, float]:
+        """Model FLOPs (models/flops.py) of the reference phase (reference log-probs, the
+        critic's values) and the update phase (forward + backward, + a forward with remat,
+        per epoch; the critic's too) on this step's batch."""
+        c = self.config
+        shape = (batch.prompt_ids.shape[0], batch.prompt_ids.shape[1],
+                 batch.completion_ids.shape[0], batch.completion_ids.shape[1])
+        passes = (3 + bool(c.model.remat)) * c.algo.num_updates
+        models = [self.model_config] + ([self.critic.model_config] if self.critic else [])
+        forward = [grouped_pass_flops(m, *shape) for m in models]
+        return {"flops/reference": forward[0] * (self.ref_params is not None) + sum(forward[1:]),
+                "flops/update": passes * sum(forward)}
 
     # --------------------------------------------------------------------- loop
     def _on_signal(self, signum, _frame) -> None:

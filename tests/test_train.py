@@ -82,6 +82,8 @@ def test_run_writes_metrics_checkpoints_and_never_recompiles(uninterrupted, algo
                     critic if algorithm == "ppo" else ()):
         assert all(np.isfinite(r[key]) for r in rows), key
     assert all(r["compiles/train_step"] == 1 for r in rows)
+    for phase in ("rollout", "update"):  # model FLOPs of each phase and their rate
+        assert all(r[f"flops/{phase}"] > 0 and r[f"flops_per_s/{phase}"] > 0 for r in rows)
     # sampler log-probs are what the trainer computes for the same tokens (first update)
     assert rows[0]["logprob_diff/sampler_vs_trainer"] < 1e-4
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
