@@ -15,10 +15,7 @@ from alphaalign_jax import train as train_lib
 from alphaalign_jax.checkpoint import MANIFEST
 from alphaalign_jax.models import CheckpointError
 from alphaalign_jax.rundir import RunDirLock, RunDirLocked
-from tests.tiny_run import make_tiny_policy, write_prompts
-
-TIMING = ("time/", "rollout/tokens_per_s")
-
+from tests.tiny_run import make_tiny_policy, read_metrics, write_prompts
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, smollm2_dir):
@@ -42,8 +39,7 @@ def tiny_config(tiny, steps: int, policy: pathlib.Path | None = None):
 
 
 def metrics(workdir: pathlib.Path) -> list[dict]:
-    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
+    return read_metrics(workdir, timing=False)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import pytest
 from alphaalign_jax import config as config_lib
 from tests.tiny_run import (
     REPO,
+    deterministic,
     make_tiny_policy,
     read_metrics,
     run_train,
@@ -23,12 +24,6 @@ from tests.tiny_run import (
     train_command,
     write_prompts,
 )
-
-TIMING = ("time/", "rollout/tokens_per_s")
-
-
-def deterministic(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
 
 
 def assert_same_metrics(a: list[dict], b: list[dict], rtol: float = 0.0, atol: float = 0.0):

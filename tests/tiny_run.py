@@ -80,6 +80,15 @@ def run_train(workdir: pathlib.Path, overrides: list[str], env: dict | None = No
     return result
 
 
-def read_metrics(workdir: pathlib.Path) -> list[dict]:
+# Metrics that measure the machine's speed, not the run: left out where runs are compared.
+TIMING = ("time/", "rollout/tokens_per_s", "flops_per_s/")
+
+
+def read_metrics(workdir: pathlib.Path, *, timing: bool = True) -> list[dict]:
     path = workdir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows if timing else deterministic(rows)
+
+
+def deterministic(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
