@@ -255,7 +255,7 @@ class Transformer(nnx.Module):
         """Final-norm hidden states ``[B, T, D]`` (and the updated cache).
 
         ``remat``: keep only each block's input for the backward pass and recompute the block
-        there (``nnx.remat``): activation memory of one block instead of all of them, for
+        there (``jax.checkpoint``, ``_remat_block``): activation memory of one block instead of all of them, for
         about a third more compute; the values and gradients are unchanged.
         """
         b, t = input_ids.shape
