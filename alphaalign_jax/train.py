@@ -18,6 +18,7 @@ function of the step), and SIGTERM (TPU preemption) saves and exits cleanly.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import math
@@ -251,7 +252,9 @@ class Trainer:
         if rewards.shape != (len(records), group):
             raise ValueError(f"reward_fn returned shape {rewards.shape}, expected "
                              f"{(len(records), group)} (prompts, rollouts per prompt)")
-        timing = {"time/rollout_s": t1 - t0, "time/reward_s": time.perf_counter() - t1}
+        timing = {"time/rollout_s": t1 - t0, "time/reward_s": time.perf_counter() - t1,
+                  **{f"time/rollout_{phase}": self.sampler.last_timing[phase]
+                     for phase in ("prefill_s", "decode_s", "detokenize_s")}}
         return rollouts, texts, rewards, metrics, timing
 
     def _rollouts(self, records: list[PromptRecord], seed: int, system_prompt: str | None = None,
@@ -320,14 +323,14 @@ class Trainer:
         group, want = c.rollout.num_samples, c.train.prompts_per_step
         dynamic = c.rollout.dynamic_sampling
         kept, dropped, per_round, with_signal = [], [], [], []
-        timing = {"time/rollout_s": 0.0, "time/reward_s": 0.0}
+        timing = collections.Counter()
         generated = []
         for round_index in range(c.rollout.max_sampling_rounds if dynamic else 1):
             records = self.prompts.next()
             rollouts, texts, rewards, metrics, t = self._sample_round(records, round_index)
             generated.append(rollouts)
             per_round.append(metrics)
-            timing = {k: timing[k] + t[k] for k in timing}
+            timing.update(t)
             with_signal.extend(np.ptp(rewards, axis=1) > 0)
             for p, record in enumerate(records):
                 part = (record, rollouts.take(range(p * group, (p + 1) * group)), texts[p],

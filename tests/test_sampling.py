@@ -307,6 +307,10 @@ def test_eos_and_length_reasons(tiny):
     _, _, _, _, sampler = tiny
     free = sampler.generate([chat("Hello")], max_new_tokens=12, greedy=True, eos_token_ids=())[0]
     assert free.stop_reason == "length" and free.length == 12
+    # the phases of that call: token 0 comes with the prefill, 11 decode steps follow
+    timing = sampler.last_timing
+    assert timing["decode_steps"] == 11
+    assert all(timing[k] > 0 for k in ("prefill_s", "decode_s", "detokenize_s"))
     token = int(free.completion_ids[5])
     first = free.completion_ids.tolist().index(token)
     out = sampler.generate([chat("Hello")], max_new_tokens=12, greedy=True,

@@ -79,6 +79,9 @@ def test_run_writes_metrics_checkpoints_and_never_recompiles(uninterrupted, algo
     assert all(r["compiles/train_step"] == 1 for r in rows)
     for phase in ("rollout", "update"):  # model FLOPs of each phase and their rate
         assert all(r[f"flops/{phase}"] > 0 and r[f"flops_per_s/{phase}"] > 0 for r in rows)
+    for r in rows:  # the rollout's own phases fit inside it
+        parts = sum(r[f"time/rollout_{p}"] for p in ("prefill_s", "decode_s", "detokenize_s"))
+        assert 0 < parts <= r["time/rollout_s"]
     # sampler log-probs are what the trainer computes for the same tokens (first update)
     assert rows[0]["logprob_diff/sampler_vs_trainer"] < 1e-4
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()

@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -364,6 +365,9 @@ class Sampler:
         self.state = self._place(self.state)
         self._vocab_bytes: list[bytes] | None = None
         self._stop_tables: dict[tuple[str, ...], StopTables] = {}
+        # Wall seconds of the last generate's phases (encoding and prefill up to the first host
+        # sync, the decode loop, detokenisation) and its decode steps: the rollout's breakdown.
+        self.last_timing: dict[str, float] = {}
 
     def _place(self, state: nnx.State) -> nnx.State:
         return state if self.mesh is None else jax.device_put(
@@ -423,6 +427,7 @@ class Sampler:
             raise ValueError(f"top_k must be >= 0 (0: off), got {top_k}")
         if not prompts:
             raise ValueError("no prompts given")
+        start = time.perf_counter()
         encoded = self.encode(prompts)
         for i, ids in enumerate(encoded):
             if not ids:
@@ -457,15 +462,22 @@ class Sampler:
         st = _prefill(self.graphdef, params, device_ids, device_mask, jax.random.key(seed), ctl,
                       mode=mode, num_samples=num_samples, cache_len=slots,
                       out_len=bucket(max_new_tokens, 16), mesh=self.mesh)
+        prefilled = None
         while True:
             step, reason = shd.to_host((st.step, st.reason))
+            prefilled = prefilled or time.perf_counter()
             if (reason == _RUNNING).sum() == 0:
                 break
             if width + step - 1 >= slots:  # the cache is full: next bucket
                 slots = bucket(width + step, self.min_cache_slots)
                 st = _grow(st, slots=slots, mesh=self.mesh)
             st = _decode_chunk(self.graphdef, params, st, ctl, mode=mode, mesh=self.mesh)
-        return self._rollouts(st, ids, mask, len(encoded), num_samples, max_new_tokens)
+        decoded = time.perf_counter()
+        rollouts = self._rollouts(st, ids, mask, len(encoded), num_samples, max_new_tokens)
+        self.last_timing = {"prefill_s": prefilled - start, "decode_s": decoded - prefilled,
+                            "decode_steps": float(step - 1),
+                            "detokenize_s": time.perf_counter() - decoded}
+        return rollouts
 
     def _rollouts(self, st: _DecodeState, ids: np.ndarray, mask: np.ndarray, num_prompts: int,
                   num_samples: int, max_new_tokens: int) -> Rollouts:
