@@ -50,7 +50,7 @@ def token_logprobs(
     A low-precision unembedding is upcast once to float32 (one extra copy, the
     size of its float32 gradient) so its gradient accumulates in float32.
 
-    ``logp = log_softmax(z)[target]`` and ``entropy = -sum(p * log p)`` with
+    ``logp = z[target] - logsumexp(z)`` and ``entropy = -sum(p * log p)`` with
     ``z = scaled_logits(...)`` (float32, divided by ``temperature``); the
     entropy is not taken as ``logsumexp(z) - sum(p * z)``, which cancels
     catastrophically in float32 for peaked distributions.
@@ -91,8 +91,11 @@ def token_logprobs(
     @jax.checkpoint
     def one_chunk(h: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         logits = scaled_logits(h, unembed, temperature=temperature, vocab_major=vocab_major)
-        logp_all = jax.nn.log_softmax(logits, axis=-1)
-        target_logp = jnp.take_along_axis(logp_all, t[..., None], axis=-1)[..., 0]
+        # log p(t) = z_t - logsumexp(z): its gradient is one pass over the logits (softmax
+        # minus the target's one-hot), not log_softmax's materialised [.., V] log-probs.
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        target_logp = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0] - lse
+        logp_all = logits - lse[..., None]
         return target_logp, -(jnp.exp(logp_all) * logp_all).sum(axis=-1)
 
     logp, entropy = jax.lax.map(lambda xs: one_chunk(*xs), (hidden, targets))
