@@ -391,13 +391,17 @@ class Trainer:
     def _update_batch(self, rollouts: Rollouts, advantages: np.ndarray,
                       loss_rows: np.ndarray) -> UpdateBatch:
         """Device arrays for the update: each group's prompt once, at the sampler's bucketed
-        width (a few static widths, each compiled once), not ``max_prompt_len``; rows outside
-        ``loss_rows`` (dynamic-sampling filler) are masked out of the loss."""
+        width, and the completions cut to a bucket of the longest one (a few static widths
+        each, each pair compiled once), not ``max_prompt_len`` and ``max_new_tokens``: the cut
+        columns are padding, outside every loss and metric. Rows outside ``loss_rows``
+        (dynamic-sampling filler) are masked out of the loss."""
         group = self.config.rollout.num_samples
+        cols = slice(0, min(bucket(int(rollouts.lengths.max()), 16),
+                            rollouts.completion_ids.shape[1]))
         batch = self._device_batch(rollouts.prompt_ids[::group], rollouts.prompt_mask[::group],
-                                   rollouts.completion_ids,
-                                   rollouts.completion_mask & loss_rows[:, None],
-                                   rollouts.logprobs, advantages)
+                                   rollouts.completion_ids[:, cols],
+                                   (rollouts.completion_mask & loss_rows[:, None])[:, cols],
+                                   rollouts.logprobs[:, cols], advantages)
         if self.ref_params is not None:
             batch = batch._replace(ref_logp=self._ref_logprobs(self.ref_params, self.rest, batch))
         return batch
@@ -454,6 +458,7 @@ class Trainer:
             "time/update_s": t2 - t1,
             "time/step_s": time.perf_counter() - start,
             "update/prompt_width": float(rollouts.prompt_ids.shape[1]),
+            "update/completion_width": float(update.completion_ids.shape[1]),
             "lr": float(self.lr_schedule(self.step * c.algo.num_updates * c.algo.mini_batches)),
             "compiles/train_step": self.train_step_traces,
         })

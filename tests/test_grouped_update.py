@@ -66,8 +66,10 @@ def test_grouped_pass_equals_full_forward_with_gradients(remat):
 
 
 
-def test_the_update_with_rematerialised_blocks_equals_the_plain_one():
-    """The whole optimizer step (micro-batch scan, loss, Adam) through the remat path."""
+def one_update(completion_pad: int = 0, *, remat: bool = False,
+               aggregation: str = "token_mean", adam: bool = True):
+    """One optimizer step (micro-batch scan, loss, Adam or plain SGD) on the ragged batch,
+    with ``completion_pad`` masked columns appended to every completion."""
     import optax
 
     from alphaalign_jax.rl.step import LossSettings, UpdateBatch, train_step
@@ -75,23 +77,47 @@ def test_the_update_with_rematerialised_blocks_equals_the_plain_one():
     prompt_ids, prompt_mask, completion_ids, completion_mask = ragged_batch()
     rng = np.random.default_rng(3)
     rows = completion_ids.shape
+    old_logp = rng.normal(size=rows) * 0.1 - 2.0
+
+    def pad(x):
+        return np.pad(x, ((0, 0), (0, completion_pad)))
+
     batch = UpdateBatch(jnp.asarray(prompt_ids), jnp.asarray(prompt_mask),
-                        jnp.asarray(completion_ids), jnp.asarray(completion_mask, jnp.float32),
-                        jnp.asarray(rng.normal(size=rows) * 0.1 - 2.0, jnp.float32),
-                        jnp.zeros(rows, jnp.float32),
+                        jnp.asarray(pad(completion_ids)),
+                        jnp.asarray(pad(completion_mask), jnp.float32),
+                        jnp.asarray(pad(old_logp), jnp.float32),
+                        jnp.zeros((rows[0], rows[1] + completion_pad), jnp.float32),
                         jnp.asarray(rng.normal(size=rows[0]), jnp.float32))
-    tx = optax.adam(1e-2)
-    out = []
-    for remat in (False, True):
-        settings = LossSettings(clip_low=0.2, clip_high=0.2, beta=0.0, aggregation="token_mean",
-                                max_completion_len=C, temperature=1.0, logprob_chunk=4,
-                                group_size=G, remat=remat)
-        new_params, _, metrics = jax.jit(lambda p, o, b: train_step(
-            graphdef, p, rest, o, b, tx=tx, settings=settings, micro_batch_size=G))(
-            params, tx.init(params), batch)
-        out.append((new_params, metrics))
-    (plain, m_plain), (remat, m_remat) = out
-    np.testing.assert_allclose(m_remat["loss"], m_plain["loss"], rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(remat), jax.tree.leaves(plain)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
-    assert float(m_plain["grad_norm"]) > 1e-3
+    tx = optax.adam(1e-2) if adam else optax.sgd(1.0)
+    settings = LossSettings(clip_low=0.2, clip_high=0.2, beta=0.0, aggregation=aggregation,
+                            max_completion_len=C + 4, temperature=1.0, logprob_chunk=4,
+                            group_size=G, remat=remat)
+    return jax.jit(lambda p, o, b: train_step(
+        graphdef, p, rest, o, b, tx=tx, settings=settings, micro_batch_size=G))(
+        params, tx.init(params), batch)
+
+
+def assert_same_update(a, b, atol=1e-6):
+    (params_a, metrics_a), (params_b, metrics_b) = a, b
+    np.testing.assert_allclose(metrics_a["loss"], metrics_b["loss"], rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol)
+    assert float(metrics_b["grad_norm"]) > 1e-3
+
+
+def test_the_update_with_rematerialised_blocks_equals_the_plain_one():
+    new_params, _, metrics = one_update(remat=True)
+    plain_params, _, plain_metrics = one_update(remat=False)
+    assert_same_update((new_params, metrics), (plain_params, plain_metrics))
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "dr_grpo"])
+def test_completion_columns_past_the_longest_change_nothing(aggregation):
+    """The trainer cuts completions to a bucket of the longest one (not max_new_tokens): the
+    columns cut are masked padding, and the step is the same without them (dr_grpo's
+    normaliser is the configured max_completion_len, not the array's width)."""
+    # SGD: the parameter change is the gradient itself (Adam's first step is lr * sign(g),
+    # which turns summation-order noise in a near-zero gradient into a full step).
+    wide_params, _, wide = one_update(10, aggregation=aggregation, adam=False)
+    narrow_params, _, narrow = one_update(0, aggregation=aggregation, adam=False)
+    assert_same_update((narrow_params, narrow), (wide_params, wide))

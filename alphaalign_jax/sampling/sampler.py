@@ -12,8 +12,8 @@ Why it is built this way:
   unembedded.
 - **Attend to the filled part of the cache only.** The decode loop runs in chunks:
   each works on a cache of ``L`` slots (a bucket just above the slots it writes,
-  at least ``min_cache_slots``) and exits when it is full; the host then copies the
-  cache into the next bucket. On a CPU, reading the KV cache of 32 rows x 300 slots
+  at least ``min_cache_slots``, at most the prompt bucket plus ``max_new_tokens``)
+  and exits when it is full; the host then copies the cache into the next bucket. On a CPU, reading the KV cache of 32 rows x 300 slots
   costs nearly as much as reading the weights, so attending over a cache sized for
   the longest completion from the first token on would waste up to half of every
   step. Buckets grow geometrically, so a long completion compiles few programs.
@@ -454,7 +454,10 @@ class Sampler:
         mode = SamplingMode(greedy=greedy, top_k=0 if greedy else top_k,
                             top_p=not greedy and top_p < 1)
         params = self.state if state is None else self._place(state)
-        slots = bucket(width + 1, self.min_cache_slots)
+        # A cache bucket past the whole budget would be read every step for nothing: the first
+        # cache is the smaller of the bucket and the prompt plus the budget (then it never grows).
+        slots = min(bucket(width + 1, self.min_cache_slots),
+                    _round_up(width + max_new_tokens, 16))
         device_ids, device_mask = ids, mask
         if self.mesh is not None:
             device_ids = jax.device_put(ids, shd.batch_sharding(self.mesh, 2, batch))
