@@ -245,27 +245,33 @@ def main() -> None:
     print(report(result))
 
 
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table, the first column left-aligned (nothing when there are no rows)."""
+    if not rows:
+        return []
+    return ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1),
+            *("| " + " | ".join(row) + " |" for row in rows), ""]
+
+
 def report(r: dict) -> str:
     lines = [f"{r['device']} (jax {r['jax']}), {r['layers']} blocks: matmul "
              f"{r['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s measured, "
              f"{r['vendor_flops_per_s'] / 1e12:.0f} vendor; HBM "
              f"{r['hbm_bytes_per_s'] / 1e12:.2f} TB/s measured, "
              f"{r['vendor_hbm_bytes_per_s'] / 1e12:.2f} vendor", ""]
-    if r.get("sampler"):
-        lines += ["| rows | prefill s | decode ms/step | decode tok/s | of HBM bound "
-                  "(measured / vendor BW) | first call s |", "|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {s['rows']} | {s['prefill_s']:.3f} | {s['decode_ms_per_step']:.2f} | "
-                  f"{s['decode_tokens_per_s']:.0f} | {s['of_bound_measured']:.2f} / "
-                  f"{s['of_bound_vendor']:.2f} | {s['first_call_s']:.1f} |" for s in r["sampler"]]
-        lines.append("")
-    if r.get("update"):
-        lines += ["| program | s | model TFLOP | TFLOP/s | MFU (measured / vendor peak) | "
-                  "first call s |", "|---|---:|---:|---:|---:|---:|"]
-        lines += [f"| {u['program']} | {u['seconds']:.3f} | {u['model_flops'] / 1e12:.1f} | "
-                  f"{u['flops_per_s'] / 1e12:.1f} | {u['mfu_measured']:.2f} / "
-                  f"{u['mfu_vendor']:.2f} | {u['first_call_s']:.1f} |" for u in r["update"]]
+    lines += table(["rows", "prefill s", "decode ms/step", "decode tok/s",
+                    "of HBM bound (measured / vendor BW)", "first call s"],
+                   [[str(s["rows"]), f"{s['prefill_s']:.3f}", f"{s['decode_ms_per_step']:.2f}",
+                     f"{s['decode_tokens_per_s']:.0f}",
+                     f"{s['of_bound_measured']:.2f} / {s['of_bound_vendor']:.2f}",
+                     f"{s['first_call_s']:.1f}"] for s in r.get("sampler", [])])
+    lines += table(["program", "s", "model TFLOP", "TFLOP/s", "MFU (measured / vendor peak)",
+                    "first call s"],
+                   [[u["program"], f"{u['seconds']:.3f}", f"{u['model_flops'] / 1e12:.1f}",
+                     f"{u['flops_per_s'] / 1e12:.1f}",
+                     f"{u['mfu_measured']:.2f} / {u['mfu_vendor']:.2f}",
+                     f"{u['first_call_s']:.1f}"] for u in r.get("update", [])])
     return "\n".join(lines)
-
 
 if __name__ == "__main__":
     main()
