@@ -13,10 +13,11 @@ Why it is built this way:
 - **Attend to the filled part of the cache only.** The decode loop runs in chunks:
   each works on a cache of ``L`` slots (a bucket just above the slots it writes,
   at least ``min_cache_slots``, at most the prompt bucket plus ``max_new_tokens``)
-  and exits when it is full; the host then copies the cache into the next bucket. On a CPU, reading the KV cache of 32 rows x 300 slots
-  costs nearly as much as reading the weights, so attending over a cache sized for
-  the longest completion from the first token on would waste up to half of every
-  step. Buckets grow geometrically, so a long completion compiles few programs.
+  and exits when it is full; the host then copies the cache into the next bucket.
+  On a CPU, reading the KV cache of 32 rows x 300 slots costs nearly as much as
+  reading the weights, so attending over a cache sized for the longest completion
+  from the first token on would waste up to half of every step. Buckets grow
+  geometrically, so a long completion compiles few programs.
 - **No host round trip per token.** Sampling, EOS and stop-string detection
   (:mod:`.stop_strings`) run on device inside the loop, which exits as soon as
   every row is done; the host reads one flag per chunk.
