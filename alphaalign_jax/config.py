@@ -118,6 +118,10 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
         epochs=2,
         learning_rate=1e-4,
         min_kept=8,  # fewer kept samples than this is an error (the scaffold does not work)
+        balance=False,  # repeat the smaller class's targets up to the larger's each epoch
+        # A previous warm start's rft_targets.jsonl to fine-tune on instead of sampling
+        # (rounds must be 0): measures a fine-tuning setting without the sampling cost.
+        targets_file="",
     )
     c.train = dict(
         steps=100,
@@ -197,6 +201,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(a.micro_batch_size % num_devices == 0 or num_devices % a.micro_batch_size == 0,
              "algo.micro_batch_size", f"must be a multiple of the {num_devices} devices")
     _require(c.rft.rounds >= 0, "rft.rounds", "must be >= 0 (0: no warm start)")
+    _require(not (c.rft.targets_file and c.rft.rounds), "rft.targets_file",
+             "replaces the warm start's sampling: set rft.rounds=0 with it")
     _require(c.rft.temperature >= 0, "rft.temperature", "must be >= 0 (0: rollout's)")
     _require(c.rft.copy_words >= 1, "rft.copy_words", "must be >= 1")
     _require(c.rft.epochs >= 1, "rft.epochs", "must be >= 1")

@@ -278,11 +278,20 @@ class Trainer:
         the verified completions, fine-tune on them under the training prompt. Deterministic
         in the seed, so a run killed during it redoes the same warm start."""
         c = self.config
-        logging.warning("RFT warm start: sampling %d batches under the scaffold", c.rft.rounds)
         t0 = time.perf_counter()
-        collected = rft.collect(
-            c, self.prompts.next, sample=self._rollouts,
-            encode=lambda records: self.sampler.encode([self._prompt_text(r) for r in records]))
+        encode = lambda records: self.sampler.encode([self._prompt_text(r) for r in records])
+        if c.rft.targets_file:
+            logging.warning("RFT warm start: the kept samples of %s", c.rft.targets_file)
+            collected = rft.load(
+                c.rft.targets_file, response_prefix=c.rollout.response_prefix,
+                encode_prompts=encode, width=c.rollout.max_new_tokens,
+                encode_completion=lambda text: self.tokenizer(
+                    text, add_special_tokens=False)["input_ids"],
+                refusal_phrases=tuple(c.reward.refusal_phrases))
+        else:
+            logging.warning("RFT warm start: sampling %d batches under the scaffold",
+                            c.rft.rounds)
+            collected = rft.collect(c, self.prompts.next, sample=self._rollouts, encode=encode)
         t1 = time.perf_counter()
         tx, _ = make_optimizer(learning_rate=c.rft.learning_rate, total_steps=1, warmup_steps=0,
                                schedule="constant", weight_decay=0.0, b1=c.optim.b1,
@@ -301,7 +310,8 @@ class Trainer:
             return (params, opt_state), m  # read once an epoch by fine_tune: no sync a step
 
         (self.params, _), epoch_loss = rft.fine_tune(
-            c, collected.targets, (self.params, opt_state), step,
+            c, collected.targets, [t["label"] for t in collected.kept], (self.params, opt_state),
+            step,
             width_of=lambda n: min(bucket(n, 16), c.rollout.max_prompt_len))
         metrics = {"rft/sampled": sum(collected.counts.values()),
                    "rft/targets": len(collected.targets),
@@ -492,7 +502,7 @@ class Trainer:
 
     def run(self) -> pathlib.Path:
         c = self.config
-        if not self.restore_latest() and c.rft.rounds:
+        if not self.restore_latest() and (c.rft.rounds or c.rft.targets_file):
             metrics = self.warm_start()
             if self._stop_signal is None:  # a warm start cut short is redone on resume
                 self.save(force=True)  # step 0: the warm-started policy

@@ -144,3 +144,69 @@ def test_warm_start_without_verified_samples_is_a_config_error(tiny_files, tmp_p
     config = _tiny_config(*tiny_files, min_kept=8)
     with pytest.raises(config_lib.ConfigValueError, match=r"config\.rft: 0 of 8 warm-start"):
         train_lib.Trainer(config, tmp_path).run()
+
+
+def test_balanced_repeats_the_smaller_class():
+    idx = rft.balanced(["harmful", "benign", "benign", "benign", "harmful", "benign"])
+    picked = sorted(idx.tolist())
+    assert picked == [0, 0, 1, 2, 3, 4, 4, 5], picked  # 2 harmful repeated to the 4 benign
+    assert sorted(rft.balanced(["benign", "harmful"]).tolist()) == [0, 1]
+
+
+def _load(path, width=32):
+    return rft.load(str(path), response_prefix="<safety_reasoning>", width=width,
+                    encode_prompts=lambda records: [[len(r.prompt)] for r in records],
+                    encode_completion=lambda text: [ord(ch) for ch in text],
+                    refusal_phrases=DEFAULT_REFUSAL_PHRASES)
+
+
+def test_targets_file_is_reverified_and_errors_name_the_line(tmp_path):
+    path = tmp_path / "rft_targets.jsonl"
+    rows = [{"label": "harmful", "prompt": HARMFUL.prompt, "completion": REFUSE},
+            {"label": "benign", "prompt": BENIGN.prompt, "completion": COMPLY}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    collected = _load(path, width=128)
+    assert [t["label"] for t in collected.kept] == ["harmful", "benign"]
+    after_prefix = REFUSE[len("<safety_reasoning>"):]
+    target = collected.targets[0]
+    assert target.prompt_ids.tolist() == [len(HARMFUL.prompt)]
+    assert target.completion_ids[:len(after_prefix)].tolist() == [ord(c) for c in after_prefix]
+    assert target.completion_mask.sum() == len(after_prefix)
+    assert not target.completion_ids[len(after_prefix):].any()
+
+    with pytest.raises(config_lib.ConfigValueError, match="more than rollout.max_new_tokens"):
+        _load(path, width=16)
+    bad = {"label": "benign", "prompt": BENIGN.prompt, "completion": REFUSE}  # refuses benign
+    for line, message in ((json.dumps(bad), "the verifiers reject"),
+                          ('{"label": "harmful"', "not a kept warm-start sample"),
+                          (json.dumps({**bad, "label": "other"}), "not a kept warm-start"),
+                          (json.dumps({**bad, "completion": "no prefix"}), "the completion does not start")):
+        path.write_text(json.dumps(rows[0]) + "\n" + line + "\n")
+        with pytest.raises(config_lib.ConfigValueError, match=f"{path}:2: {message}"):
+            _load(path, width=128)
+
+
+@pytest.mark.assets
+def test_warm_start_from_a_targets_file_skips_sampling(tiny_files, tmp_path, monkeypatch):
+    """``rft.targets_file``: a previous warm start's kept samples are fine-tuned on (balanced:
+    the one benign target is repeated to the two harmful ones) without sampling a round."""
+    path = tmp_path / "kept.jsonl"
+    rows = [{"label": "harmful", "prompt": HARMFUL.prompt, "completion": REFUSE},
+            {"label": "harmful", "prompt": "How do I steal a car?", "completion": REFUSE},
+            {"label": "benign", "prompt": BENIGN.prompt, "completion": COMPLY}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(rft, "collect", lambda *a, **k: pytest.fail("sampled"))
+    config = _tiny_config(*tiny_files, rounds=0, targets_file=str(path), balance=True)
+    config.rollout.max_new_tokens = 48
+    train_lib.Trainer(config, tmp_path / "run").run()
+    metrics = json.loads((tmp_path / "run" / "rft.json").read_text())
+    assert metrics["rft/targets"] == 3 and metrics["rft/targets_harmful"] == 2
+    nll = [metrics[f"rft/nll_epoch{i}"] for i in (1, 2, 3)]
+    assert nll[2] < nll[1] < nll[0], nll
+
+
+def test_targets_file_with_sampling_rounds_is_a_config_error():
+    c = config_lib.base_config()
+    c.rft.update(rounds=2, targets_file="runs/x/rft_targets.jsonl")
+    with pytest.raises(config_lib.ConfigValueError, match=r"config\.rft\.targets_file: replaces"):
+        config_lib.validate(c)

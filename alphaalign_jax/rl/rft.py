@@ -19,6 +19,8 @@ the packing of kept samples into update batches are pure functions, tested on th
 
 from __future__ import annotations
 
+import json
+import pathlib
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -180,23 +182,81 @@ def collect(c: ml_collections.ConfigDict, next_records: Callable[[], list[Prompt
     return Collected(targets, counts, kept)
 
 
+def load(path: str, *, response_prefix: str, encode_prompts: Callable[[list[PromptRecord]], list],
+         encode_completion: Callable[[str], list[int]], width: int,
+         refusal_phrases: Sequence[str]) -> Collected:
+    """A previous warm start's kept samples (its ``rft_targets.jsonl``) as targets, so a
+    fine-tuning setting can be measured without sampling again. Every line is verified again
+    (tags, decision) and a line that fails, or is not such a row, is an error naming it.
+
+    ``encode_completion`` gives the ids of the text after the response prefix (the prefix is
+    part of the training prompt); ``width`` is the completion width the targets are padded to.
+    """
+    kept, targets = [], []
+    for number, line in enumerate(pathlib.Path(path).read_text().splitlines(), 1):
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+            record = PromptRecord(row["prompt"], row["label"], "rft_targets", f"rft-{number}")
+            text = row["completion"]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ConfigValueError(f"config.rft.targets_file: {where}: not a kept warm-start "
+                                   f"sample (label, prompt, completion): {e}") from None
+        if not text.startswith(response_prefix):
+            raise ConfigValueError(f"config.rft.targets_file: {where}: the completion does not "
+                                   f"start with rollout.response_prefix {response_prefix!r}")
+        if not judge(record, text, set(), scaffold_ngrams=set(), copy_words=1,
+                     refusal_phrases=refusal_phrases).keep:
+            raise ConfigValueError(f"config.rft.targets_file: {where}: the verifiers reject "
+                                   "this completion (tags in order, a refusal exactly on "
+                                   "harmful prompts)")
+        ids = encode_completion(text[len(response_prefix):])
+        if len(ids) > width:
+            raise ConfigValueError(f"config.rft.targets_file: {where}: {len(ids)} completion "
+                                   f"tokens, more than rollout.max_new_tokens={width}")
+        completion = np.zeros(width, np.int32)
+        completion[:len(ids)] = ids
+        targets.append((record, completion, np.arange(width) < len(ids)))
+        kept.append({"label": record.label, "prompt": record.prompt, "completion": text})
+    if not targets:
+        raise ConfigValueError(f"config.rft.targets_file: {path} holds no samples")
+    prompt_ids = encode_prompts([t[0] for t in targets])
+    return Collected([Target(np.asarray(ids, np.int32), completion, mask)
+                      for ids, (_, completion, mask) in zip(prompt_ids, targets, strict=True)],
+                     {"kept": len(targets)}, kept)
+
+
+def balanced(labels: Sequence[str]) -> np.ndarray:
+    """Indices of the targets with each smaller class repeated (cyclically) up to the largest
+    class's count, so each class carries the same weight in a fine-tuning epoch."""
+    by_class: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    most = max((len(v) for v in by_class.values()), default=0)
+    return np.asarray([idx[k % len(idx)] for idx in by_class.values() for k in range(most)],
+                      np.int64)
+
+
 def loss_settings(settings: LossSettings) -> LossSettings:
     """The training loss's settings turned into the warm start's: token-mean NLL, one target a
     row (each target's prompt computed for it alone)."""
     return settings._replace(kind="nll", group_size=1)
 
 
-def fine_tune(c: ml_collections.ConfigDict, targets: Sequence[Target], state: Any,
-              step: Callable, width_of: Callable[[int], int]) -> tuple[Any, list[float]]:
+def fine_tune(c: ml_collections.ConfigDict, targets: Sequence[Target], labels: Sequence[str],
+              state: Any, step: Callable,
+              width_of: Callable[[int], int]) -> tuple[Any, list[float]]:
     """``c.rft.epochs`` shuffled passes of ``step(state, batch) -> (state, metrics)`` (an NLL
-    update program; batches as ``pack`` lays them out) over the targets, one a row.
+    update program; batches as ``pack`` lays them out) over the targets, one a row; with
+    ``c.rft.balance`` each pass repeats the smaller class's targets (``balanced``).
 
     Returns the final state and each epoch's token-mean NLL (the loss before each update).
     """
     rng = np.random.default_rng([c.train.seed, 7])
+    pool = balanced(labels) if c.rft.balance else np.arange(len(targets))
     epoch_loss = []
     for _ in range(c.rft.epochs):
-        order = rng.permutation(len(targets))
+        order = rng.permutation(pool)
         batches = pack([targets[i] for i in order], group_size=1,
                        groups_per_batch=c.train.prompts_per_step * c.rollout.num_samples,
                        width_of=width_of)
