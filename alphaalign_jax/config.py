@@ -110,6 +110,7 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     # ``rounds`` training batches under ``system_prompt`` (a scaffold, e.g. worked examples),
     # keep what the verifiers accept (tags, refusal exactly on harmful, nothing copied from
     # the scaffold) and fine-tune on it under the training prompt. rounds=0: no warm start.
+    # The warm-started policy is kept in <workdir>/warm_start and is the KL reference after it.
     c.rft = dict(
         rounds=0,
         system_prompt="",  # the scaffold sampled under; "" = the training system_prompt

@@ -23,6 +23,7 @@ import functools
 import json
 import math
 import pathlib
+import shutil
 import signal
 import sys
 import threading
@@ -42,7 +43,8 @@ from ml_collections import config_flags
 from alphaalign_jax import assets
 from alphaalign_jax import config as config_lib
 from alphaalign_jax import sharding as shd
-from alphaalign_jax.checkpoint import CheckpointWriteError, TrainCheckpoints
+from alphaalign_jax.checkpoint import (CheckpointWriteError, TrainCheckpoints, load_model,
+                                       save_model)
 from alphaalign_jax.data.budget import PromptTooLong, fit_prompt_budget
 from alphaalign_jax.data.pipeline import BalancedPrompts, Subset, bundled_splits
 from alphaalign_jax.data.records import DataError, PromptRecord, load_jsonl
@@ -500,11 +502,36 @@ class Trainer:
         logging.warning("signal %d received: will checkpoint after this step and exit", signum)
         self._stop_signal = signum
 
+    def _warm_started_reference(self, fresh: bool) -> None:
+        """After a warm start the KL reference is the warm-started policy (RL's starting point,
+        as after SFT), not the base model. It is written to ``<workdir>/warm_start``, which
+        checkpoint rotation never deletes, and read back from there on resume."""
+        c, path = self.config, self.workdir / "warm_start"
+        if fresh:
+            if path.exists() and jax.process_index() == 0:  # a cut-short warm start, redone
+                shutil.rmtree(path)
+            save_model(path, nnx.merge(self.graphdef, self.params, self.rest),
+                       tokenizer_dir=self.hf_dir)
+            if self.ref_params is not None:
+                self.ref_params = jax.tree.map(jnp.copy, self.params)
+        elif self.ref_params is not None:
+            if not path.exists():
+                raise CheckpointError(f"{path}: the warm-started policy, the KL reference of "
+                                      "this run (config.rft), is missing")
+            model = load_model(path, dtype=c.model.dtype, param_dtype=c.model.param_dtype,
+                               mesh=self.mesh, expect_config=self.model_config)
+            self.ref_params = nnx.split(model, nnx.Param, ...)[1]
+
     def run(self) -> pathlib.Path:
         c = self.config
-        if not self.restore_latest() and (c.rft.rounds or c.rft.targets_file):
+        warm_start = bool(c.rft.rounds or c.rft.targets_file)
+        if self.restore_latest():
+            if warm_start:
+                self._warm_started_reference(fresh=False)
+        elif warm_start:
             metrics = self.warm_start()
             if self._stop_signal is None:  # a warm start cut short is redone on resume
+                self._warm_started_reference(fresh=True)
                 self.save(force=True)  # step 0: the warm-started policy
                 logging.warning("RFT warm start: %d targets from %d samples, NLL %s; saved as "
                                 "step 0", metrics["rft/targets"], metrics["rft/sampled"],

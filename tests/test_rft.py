@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -210,3 +211,36 @@ def test_targets_file_with_sampling_rounds_is_a_config_error():
     c.rft.update(rounds=2, targets_file="runs/x/rft_targets.jsonl")
     with pytest.raises(config_lib.ConfigValueError, match=r"config\.rft\.targets_file: replaces"):
         config_lib.validate(c)
+
+
+@pytest.mark.assets
+def test_kl_reference_is_the_warm_started_policy_across_a_resume(tiny_files, tmp_path):
+    """With a KL term after a warm start, the reference is the warm-started policy (kept in
+    <workdir>/warm_start), not the base model, in the first run and after a resume."""
+    from flax import nnx
+
+    from alphaalign_jax.checkpoint import load_model
+    from alphaalign_jax.models import from_pretrained
+
+    path = tmp_path / "kept.jsonl"
+    path.write_text(json.dumps({"label": "harmful", "prompt": HARMFUL.prompt,
+                                "completion": REFUSE}) + "\n")
+
+    def flat(params):
+        return np.concatenate([np.ravel(x) for x in jax.tree.leaves(nnx.to_pure_dict(params))])
+
+    def run(steps):
+        config = _tiny_config(*tiny_files, rounds=0, targets_file=str(path))
+        config.rollout.max_new_tokens = 48
+        config.algo.beta = 0.04
+        config.train.steps = steps
+        trainer = train_lib.Trainer(config, tmp_path / "run")
+        trainer.run()
+        return flat(trainer.ref_params)
+
+    first = run(1)
+    warm = flat(nnx.split(load_model(tmp_path / "run" / "warm_start"), nnx.Param, ...)[1])
+    base = flat(nnx.split(from_pretrained(tiny_files[0]), nnx.Param, ...)[1])
+    assert np.abs(warm - base).max() > 1e-3  # the warm start moved the policy
+    np.testing.assert_array_equal(first, warm)
+    np.testing.assert_array_equal(run(2), warm)  # resumed at step 1
