@@ -207,6 +207,7 @@ class TrainCheckpoints:
         self.hf_dir = hf_dir
         self.manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save))
+        self._last_save: int | None = None  # the step a background write error belongs to
 
     def step_dir(self, step: int) -> pathlib.Path:
         return self.directory / str(step)
@@ -238,6 +239,7 @@ class TrainCheckpoints:
     def save(self, step: int, state: dict[str, Any], train_state: dict[str, Any],
              force: bool = False) -> None:
         self.seal()
+        self._last_save = step
         try:
             self.manager.save(step, args=ocp.args.Composite(
                 **{name: ocp.args.StandardSave(tree) for name, tree in state.items()},
@@ -262,9 +264,9 @@ class TrainCheckpoints:
             if wait:
                 self.manager.wait_until_finished()
             self.manager.check_for_errors()
-        except Exception as e:
-            steps = self.all_steps()
-            raise self._write_error(max(steps) if steps else step, e) from e
+        except Exception as e:  # the write that failed is the last one started
+            raise self._write_error(step if self._last_save is None else self._last_save,
+                                    e) from e
 
     def seal(self) -> None:
         """Wait for the asynchronous save and write the manifest of every checkpoint that

@@ -260,19 +260,27 @@ def test_evaluate_user_errors_are_one_line(tmp_path):
 
 @pytest.mark.assets
 def test_a_failed_background_save_stops_the_next_step(tiny, tmp_path, monkeypatch):
-    """Defect 7: the asynchronous save's error surfaced only at the next checkpoint."""
+    """Defect 7: the asynchronous save's error surfaced only at the next checkpoint; and the
+    error named the newest finished checkpoint, not the write that failed."""
     c = tiny_config(tiny, 6)
     c.train.async_checkpointing = True
     trainer = train_lib.Trainer(c, tmp_path)
+    real_save = trainer.checkpoints.manager.save
     real_check = trainer.checkpoints.manager.check_for_errors
 
+    def save(step, *args, **kwargs):  # the write of step 4 dies before it is listed
+        return True if step == 4 else real_save(step, *args, **kwargs)
+
     def check():
-        if trainer.step == 3:  # the save of step 2 failed in the background
+        if trainer.step == 5:
             raise OSError(28, "No space left on device")
         return real_check()
 
+    monkeypatch.setattr(trainer.checkpoints.manager, "save", save)
     monkeypatch.setattr(trainer.checkpoints.manager, "check_for_errors", check)
-    with pytest.raises(train_lib.CheckpointWriteError, match="No space left on device"):
+    with pytest.raises(train_lib.CheckpointWriteError, match="No space left on device") as err:
         trainer.run()
+    assert "checkpoint of step 4 " in str(err.value)
+    assert "last good checkpoint is step 2;" in str(err.value)
     written = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["step"] for x in written] == [1, 2]
+    assert [json.loads(x)["step"] for x in written] == [1, 2, 3, 4]
