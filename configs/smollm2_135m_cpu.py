@@ -53,5 +53,5 @@ def get_config(arg: str = ""):
     if "rft" in options:
         c.system_prompt = ""
         c.rft.update(rounds=24, system_prompt=WORKED_EXAMPLES_SYSTEM_PROMPT, temperature=0.7,
-                     epochs=2, learning_rate=1e-4)
+                     epochs=6, balance=True, learning_rate=1e-4)
     return c
