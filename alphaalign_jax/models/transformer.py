@@ -187,8 +187,14 @@ def grouped_query_attention(q: Array, k_t: Array, v: Array, mask: Array) -> Arra
     scores = jnp.einsum("bkqd,bkds->bkqs", q, k_t).astype(jnp.float32) * (d ** -0.5)
     scores = scores.reshape(b, kv, h // kv, t, -1)
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, h // kv * t, -1)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, v).reshape(b, kv, h // kv, t, d)
+    # Softmax with the normalisation deferred past the value product: dividing the [.., T, D]
+    # output by each row's total, not the [.., T, S] weights, saves a pass over the scores
+    # (and its backward); the max is a shift the result does not depend on (no gradient).
+    weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
+    total = weights.sum(axis=-1, keepdims=True)  # [B, Hkv, G, T, 1]
+    out = jnp.einsum("bkqs,bksd->bkqd", weights.astype(v.dtype).reshape(b, kv, h // kv * t, -1),
+                     v).reshape(b, kv, h // kv, t, d)
+    out = out / total.astype(out.dtype)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
