@@ -27,9 +27,9 @@ def get_config(arg: str = ""):
     (``ppo``: a critic from the policy at lr 1e-4, GAE; default grpo) and/or ``rft``: train
     under the plain template after a rejection-sampling fine-tuning warm start on the policy's
     own verified samples drawn under the worked examples (alphaalign_jax/rl/rft.py), so no
-    scaffold is left to copy during RL; about 72 min on 2 cores. Its run X1 refuses 0.69 of
-    held-out harmful prompts and 0.21 of benign ones (base: 0 and 0), in few-word answers
-    (docs/learning.md, section 10)."""
+    scaffold is left to copy during RL; about 80 min on 2 cores. Its run X1 refuses 0.77 of
+    held-out harmful prompts and none of the benign ones at step 30 (base: 0 and 0), in
+    few-word answers (docs/learning.md, section 10)."""
     algorithm, options = parse_config_arg(arg, options=("rft",))
     c = base_config(algorithm)
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
@@ -56,4 +56,5 @@ def get_config(arg: str = ""):
         c.system_prompt = ""
         c.rft.update(rounds=24, system_prompt=WORKED_EXAMPLES_SYSTEM_PROMPT, temperature=0.7,
                      epochs=6, balance=True, learning_rate=1e-4)
+        c.train.steps = 30  # run X1: held-out discrimination +0.48 at step 20, +0.77 at 30
     return c
