@@ -318,7 +318,7 @@ def _sampler_programs(c, graphdef, params, rest, mesh, width: int, new: int) -> 
     ctl = sampler_lib._Controls(jnp.float32(1.0), jnp.float32(1.0), jnp.int32(new),
                                 jnp.zeros((2,), jnp.int32), None)
     mode = sampler_lib.SamplingMode(greedy=False, top_k=0, top_p=False)
-    slots = sampler_lib.bucket(width + new, 16)
+    slots = sampler_lib._round_up(new, 16)  # the completion cache at its largest
     ids = jax.ShapeDtypeStruct((prompts, width), jnp.int32,
                                sharding=shd.batch_sharding(mesh, 2, prompts))
     mask = jax.ShapeDtypeStruct((prompts, width), jnp.bool_,

@@ -13,6 +13,7 @@ from flax import nnx
 
 from alphaalign_jax.models import ModelConfig, from_pretrained, init_cache
 from alphaalign_jax.models.config import ConfigError
+from alphaalign_jax.models.transformer import grouped_query_attention
 from tests.conftest import hf_positions, left_padded_batch
 
 TOL = 1e-4
@@ -122,3 +123,35 @@ def test_bf16_compute_runs_and_stays_close(tmp_path):
     mixed = from_pretrained(tmp_path, dtype="bfloat16", param_dtype="float32")
     assert mixed.embed_tokens[...].dtype == jnp.float32
     assert dataclasses.asdict(mixed.config.rope) == dataclasses.asdict(model.config.rope)
+
+
+@pytest.mark.parametrize("queries", [1, 5])
+def test_shared_prefix_attention_equals_attention_over_the_concatenation(queries):
+    """Rows r = 0..P*G-1 reading prompt r // G as a SharedPrefix get what attention over
+    [their prompt's keys | their own keys] gives (one softmax over both), in plain NumPy."""
+    rng = np.random.default_rng(0)
+    p, g, h, kv, d, sp, s = 2, 3, 4, 2, 8, 6, 7
+    b = p * g
+    q = rng.normal(size=(b, queries, h, d)).astype(np.float32)
+    keys, values = rng.normal(size=(b, kv, d, s)), rng.normal(size=(b, kv, s, d))
+    prefix_keys, prefix_values = rng.normal(size=(p, kv, d, sp)), rng.normal(size=(p, kv, sp, d))
+    own_mask = rng.random((b, queries, s)) < 0.6
+    own_mask[:, :, 0] = True
+    prefix_mask = np.arange(sp)[None] >= np.array([[2], [0]])  # left padding of prompt 0
+    ours = grouped_query_attention(
+        jnp.asarray(q), jnp.asarray(keys, jnp.float32), jnp.asarray(values, jnp.float32),
+        jnp.asarray(own_mask), (jnp.asarray(prefix_keys, jnp.float32),
+                                jnp.asarray(prefix_values, jnp.float32), jnp.asarray(prefix_mask)))
+
+    rows = np.arange(b) // g
+    all_keys = np.concatenate([prefix_keys[rows], keys], axis=-1)  # [B, Hkv, D, Sp + S]
+    all_values = np.concatenate([prefix_values[rows], values], axis=-2)
+    mask = np.concatenate([np.broadcast_to(prefix_mask[rows][:, None], (b, queries, sp)),
+                           own_mask], axis=-1)
+    head_kv = np.arange(h) // (h // kv)
+    scores = np.einsum("bthd,bhds->bths", q, all_keys[:, head_kv]) / np.sqrt(d)
+    scores = np.where(mask[:, :, None], scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    expected = np.einsum("bths,bhsd->bthd", weights, all_values[:, head_kv])
+    np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-5)

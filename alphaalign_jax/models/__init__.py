@@ -10,7 +10,13 @@ from alphaalign_jax.models.hf_io import (
     save_pretrained,
     value_model,
 )
-from alphaalign_jax.models.transformer import KVCache, Transformer, default_positions, init_cache
+from alphaalign_jax.models.transformer import (
+    KVCache,
+    SharedPrefix,
+    Transformer,
+    default_positions,
+    init_cache,
+)
 
 __all__ = [
     "CheckpointError",
@@ -18,6 +24,7 @@ __all__ = [
     "KVCache",
     "ModelConfig",
     "RopeConfig",
+    "SharedPrefix",
     "Transformer",
     "default_positions",
     "from_pretrained",

@@ -14,6 +14,10 @@ Two calling modes share one code path:
   :class:`KVCache` at slot ``i`` and attends over the whole cache, so a jitted
   prefill and a one-token decode step have fixed shapes.
 
+Either mode also takes a :class:`SharedPrefix`: the keys/values of P prompts that
+G consecutive rows each (a prompt's samples) attend to before their own tokens, so
+a group reads one copy of its prompt, not G.
+
 Padding is always read from the attention mask, never from token ids (SmolLM2's
 pad token ``<|im_end|>`` also ends every chat turn).
 """
@@ -59,6 +63,19 @@ class KVCache(NamedTuple):
         """``fn(buffer, logical_axes)`` applied to every buffer (to pad, repeat or place them)."""
         return KVCache(tuple(fn(k, self.KEY_AXES) for k in self.keys),
                        tuple(fn(v, self.VALUE_AXES) for v in self.values))
+
+
+class SharedPrefix(NamedTuple):
+    """The KV cache of P prompts, attended by ``B = P * G`` rows: row ``r`` reads prompt
+    ``r // G`` before its own tokens. One copy a prompt, not one a row: each prompt's keys
+    meet its G rows' queries in one matmul, and the rows' caches hold only their own tokens.
+    """
+
+    cache: KVCache  # P rows
+    mask: Array  # [P, S_prefix] bool: slots holding a real prompt token
+
+    def layer(self, i: int) -> tuple[Array, Array, Array]:
+        return self.cache.keys[i], self.cache.values[i], self.mask
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_len: int,
@@ -151,7 +168,8 @@ class Attention(nnx.Module):
                              param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: Array, rope: tuple[Array, Array], mask: Array,
-                 cache: tuple[Array, Array] | None, cache_index: Array | None
+                 cache: tuple[Array, Array] | None, cache_index: Array | None,
+                 prefix: tuple[Array, Array, Array] | None = None
                  ) -> tuple[Array, tuple[Array, Array] | None]:
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
@@ -169,33 +187,68 @@ class Attention(nnx.Module):
                                                    (0, 0, cache_index, 0))
             cache = (k_cache, v_cache)
             k, v = k_cache.astype(x.dtype), v_cache.astype(x.dtype)
-        out = grouped_query_attention(q, k, v, mask)
+        out = grouped_query_attention(q, k, v, mask, prefix)
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), cache
 
 
-def grouped_query_attention(q: Array, k_t: Array, v: Array, mask: Array) -> Array:
+def grouped_query_attention(q: Array, k_t: Array, v: Array, mask: Array,
+                            prefix: tuple[Array, Array, Array] | None = None) -> Array:
     """Softmax attention with KV-head sharing.
 
     q [B,T,H,D]; k_t [B,Hkv,D,S] (keys transposed) and v [B,Hkv,S,D], as in
-    :class:`KVCache`; mask [B,T,S].
+    :class:`KVCache`; mask [B,T,S]. ``prefix``: keys [P,Hkv,D,Sp], values [P,Hkv,Sp,D]
+    and mask [P,Sp] of a :class:`SharedPrefix` that rows ``r`` (of P * G) read at
+    ``r // G``, in the same softmax as their own keys.
     """
     b, t, h, d = q.shape
     kv = k_t.shape[1]
-    # [B, Hkv, G*T, D]: each KV head's queries in one matrix, so both products are plain
+    rep = h // kv
+    # [B, Hkv, rep*T, D]: each KV head's queries in one matrix, so both products are plain
     # batched matmuls over (B, Hkv) with no transpose of the cache.
-    q = q.reshape(b, t, kv, h // kv, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, h // kv * t, d)
+    q = q.reshape(b, t, kv, rep, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, rep * t, d)
     scores = jnp.einsum("bkqd,bkds->bkqs", q, k_t).astype(jnp.float32) * (d ** -0.5)
-    scores = scores.reshape(b, kv, h // kv, t, -1)
-    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    # Softmax with the normalisation deferred past the value product: dividing the [.., T, D]
-    # output by each row's total, not the [.., T, S] weights, saves a pass over the scores
-    # (and its backward); the max is a shift the result does not depend on (no gradient).
-    weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
-    total = weights.sum(axis=-1, keepdims=True)  # [B, Hkv, G, T, 1]
-    out = jnp.einsum("bkqs,bksd->bkqd", weights.astype(v.dtype).reshape(b, kv, h // kv * t, -1),
-                     v).reshape(b, kv, h // kv, t, d)
+    scores = jnp.where(mask[:, None, None, :, :], scores.reshape(b, kv, rep, t, -1),
+                       jnp.finfo(jnp.float32).min)
+    out, peak, total = _unnormalised_attention(scores.reshape(b, kv, rep * t, -1), v)
+    if prefix is not None:
+        keys, values, prefix_mask = prefix
+        p = keys.shape[0]
+        g = b // p
+
+        def per_prompt(x: Array) -> Array:  # [B, Hkv, rep*T, X] -> [P, Hkv, G*rep*T, X]
+            return x.reshape(p, g, kv, rep * t, -1).transpose(0, 2, 1, 3, 4).reshape(
+                p, kv, g * rep * t, -1)
+
+        def per_row(x: Array) -> Array:  # the inverse
+            return x.reshape(p, kv, g, rep * t, -1).transpose(0, 2, 1, 3, 4).reshape(
+                b, kv, rep * t, -1)
+
+        shared = jnp.einsum("pkqd,pkds->pkqs", per_prompt(q), keys).astype(jnp.float32) * (
+            d ** -0.5)
+        shared = jnp.where(prefix_mask[:, None, None, :], shared, jnp.finfo(jnp.float32).min)
+        shared_out, shared_peak, shared_total = map(per_row,
+                                                    _unnormalised_attention(shared, values))
+        # One softmax over both parts: rescale each to the common maximum.
+        top = jnp.maximum(peak, shared_peak)
+        own, other = jnp.exp(peak - top), jnp.exp(shared_peak - top)
+        out = out * own.astype(out.dtype) + shared_out * other.astype(out.dtype)
+        total = total * own + shared_total * other
     out = out / total.astype(out.dtype)
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+    return out.reshape(b, kv, rep, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
+def _unnormalised_attention(scores: Array, v: Array) -> tuple[Array, Array, Array]:
+    """``(exp(scores - peak) @ v, peak, sum exp(scores - peak))`` over the last axis.
+
+    The softmax's normalisation is deferred past the value product: dividing the [.., D]
+    output by each row's total, not the [.., S] weights, saves a pass over the scores (and
+    its backward), and lets two parts of one softmax be combined. The peak is a shift the
+    result does not depend on (no gradient).
+    """
+    peak = jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True))
+    weights = jnp.exp(scores - peak)
+    total = weights.sum(axis=-1, keepdims=True)
+    return jnp.einsum("bkqs,bksd->bkqd", weights.astype(v.dtype), v), peak, total
 
 
 class MLP(nnx.Module):
@@ -220,8 +273,9 @@ class Block(nnx.Module):
                                                 param_dtype=param_dtype)
         self.mlp = MLP(cfg, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x, rope, mask, cache, cache_index):
-        attn, cache = self.self_attn(self.input_layernorm(x), rope, mask, cache, cache_index)
+    def __call__(self, x, rope, mask, cache, cache_index, prefix=None):
+        attn, cache = self.self_attn(self.input_layernorm(x), rope, mask, cache, cache_index,
+                                     prefix)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), cache
 
@@ -256,9 +310,12 @@ class Transformer(nnx.Module):
 
     def hidden_states(self, input_ids: Array, attention_mask: Array | None = None, *,
                       positions: Array | None = None, cache: KVCache | None = None,
-                      cache_index: Array | int | None = None, remat: bool = False
-                      ) -> tuple[Array, KVCache | None]:
+                      cache_index: Array | int | None = None, remat: bool = False,
+                      prefix: SharedPrefix | None = None) -> tuple[Array, KVCache | None]:
         """Final-norm hidden states ``[B, T, D]`` (and the updated cache).
+
+        ``prefix``: a prompt cache every row attends to before its own tokens (its G rows
+        consecutive); ``positions`` then continue the prompt's.
 
         ``remat``: keep only each block's input for the backward pass and recompute the block
         there (``jax.checkpoint``, ``_remat_block``): activation memory of one block instead of all of them, for
@@ -286,8 +343,9 @@ class Transformer(nnx.Module):
         new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
-            x, layer_cache = (_remat_block if remat else _block)(layer, x, rope, mask,
-                                                                 layer_cache, cache_index)
+            x, layer_cache = (_remat_block if remat else _block)(
+                layer, x, rope, mask, layer_cache, cache_index,
+                None if prefix is None else prefix.layer(i))
             if layer_cache is not None:
                 new_keys.append(layer_cache[0])
                 new_values.append(layer_cache[1])
@@ -308,16 +366,16 @@ class Transformer(nnx.Module):
         return logits if cache is None else (logits, new_cache)
 
 
-def _block(layer: Block, x, rope, mask, cache, cache_index):
-    return layer(x, rope, mask, cache, cache_index)
+def _block(layer: Block, x, rope, mask, cache, cache_index, prefix):
+    return layer(x, rope, mask, cache, cache_index, prefix)
 
 
-def _remat_block(layer: Block, x, rope, mask, cache, cache_index):
+def _remat_block(layer: Block, x, rope, mask, cache, cache_index, prefix):
     """``_block`` under ``jax.checkpoint``, the layer passed in as pure state (a block reads
     its parameters and changes nothing, so this also works inside any enclosing trace)."""
     graphdef, state = nnx.split(layer)
     return jax.checkpoint(lambda s, *args: nnx.merge(graphdef, s)(*args))(
-        state, x, rope, mask, cache, cache_index)
+        state, x, rope, mask, cache, cache_index, prefix)
 
 
 def default_positions(attention_mask: Array) -> Array:

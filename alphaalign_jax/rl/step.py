@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from alphaalign_jax.models.transformer import default_positions, init_cache
+from alphaalign_jax.models.transformer import SharedPrefix, default_positions, init_cache
 from alphaalign_jax.rl.logprobs import token_logprobs
 from alphaalign_jax.rl.losses import finalize, grpo_loss, nll_loss, value_loss
 
@@ -88,28 +88,24 @@ def grouped_completion_hidden(model: nnx.Module, prompt_ids: Array, prompt_mask:
     """Hidden states ``[P * G, C, D]`` at the positions predicting each completion token
     (the state each token is chosen in), for G completions per prompt, the prompt computed once.
 
-    The prompt pass fills a KV cache; it is repeated G times and the completions
-    (all but their last token, which predicts nothing) run over it. The last prompt
-    position predicts completion token 0. Gradients flow through the shared cache
-    into the prompt pass, so the result and its gradient equal the full forward's.
+    The prompt pass fills a KV cache that the completions (all but their last token, which
+    predicts nothing) attend to as a shared prefix (one copy a prompt, models.SharedPrefix).
+    The last prompt position predicts completion token 0. Gradients flow through the shared
+    cache into the prompt pass, so the result and its gradient equal the full forward's.
     Completions are right-padded, so causality alone keeps real tokens off padding.
     ``remat`` recomputes each block in the backward pass (Transformer.hidden_states).
     """
     num_prompts, width = prompt_ids.shape
     completion_len = completion_ids.shape[1]
-    slots = width + completion_len - 1
-    cache = init_cache(model.config, num_prompts, slots, model.dtype)
-    prompt_kv = jnp.pad(prompt_mask, ((0, 0), (0, completion_len - 1)))
-    hidden, cache = model.hidden_states(prompt_ids, prompt_kv,
+    cache = init_cache(model.config, num_prompts, width, model.dtype)
+    hidden, cache = model.hidden_states(prompt_ids, prompt_mask,
                                         positions=default_positions(prompt_mask), cache=cache,
                                         cache_index=0, remat=remat)
     first = jnp.repeat(hidden[:, -1:], group_size, axis=0)  # predicts completion token 0
-    cache = cache.map_buffers(lambda x, _: jnp.repeat(x, group_size, axis=0))
-    kv_mask = jnp.repeat(prompt_kv.at[:, width:].set(True), group_size, axis=0)
     start = jnp.repeat(prompt_mask.sum(axis=1, keepdims=True), group_size, axis=0)
     positions = start + jnp.arange(completion_len - 1)[None]
-    rest, _ = model.hidden_states(completion_ids[:, :-1], kv_mask, positions=positions,
-                                  cache=cache, cache_index=width, remat=remat)
+    rest, _ = model.hidden_states(completion_ids[:, :-1], positions=positions, remat=remat,
+                                  prefix=SharedPrefix(cache, prompt_mask.astype(jnp.bool_)))
     return jnp.concatenate([first, rest], axis=1)
 
 

@@ -7,17 +7,19 @@ Why it is built this way:
   programs once and reuses them for every batch (:func:`trace_counts` counts
   them). The parameters are an argument of every program, never baked in: the
   trainer passes its latest ones each step without recompiling.
-- **Shared prefill.** Each prompt is prefilled once; its KV cache and last-position
-  logits are repeated for its ``num_samples`` rollouts. Only the last position is
-  unembedded.
+- **Shared prompt.** Each prompt is prefilled once and its KV cache is kept once:
+  its ``num_samples`` rollouts attend to it as a
+  :class:`~alphaalign_jax.models.SharedPrefix` (one read of the prompt's keys a
+  group, in one matmul with all the group's queries), and their own caches hold
+  only completion tokens. Only the last prompt position is unembedded.
 - **Attend to the filled part of the cache only.** The decode loop runs in chunks:
-  each works on a cache of ``L`` slots (a bucket just above the slots it writes,
-  at least ``min_cache_slots``, at most the prompt bucket plus ``max_new_tokens``)
-  and exits when it is full; the host then copies the cache into the next bucket.
-  On a CPU, reading the KV cache of 32 rows x 300 slots costs nearly as much as
-  reading the weights, so attending over a cache sized for the longest completion
-  from the first token on would waste up to half of every step. Buckets grow
-  geometrically, so a long completion compiles few programs.
+  each works on a completion cache of ``L`` slots (a bucket just above the slots it
+  writes, at least ``min_cache_slots``, at most ``max_new_tokens``) and exits when
+  it is full; the host then copies the cache into the next bucket. On a CPU,
+  reading the KV cache of 32 rows x 300 slots costs nearly as much as reading the
+  weights, so attending over a cache sized for the longest completion from the
+  first token on would waste up to half of every step. Buckets grow geometrically,
+  so a long completion compiles few programs.
 - **No host round trip per token.** Sampling, EOS and stop-string detection
   (:mod:`.stop_strings`) run on device inside the loop, which exits as soon as
   every row is done; the host reads one flag per chunk.
@@ -51,6 +53,7 @@ from alphaalign_jax import sharding as shd
 from alphaalign_jax.models import (
     KVCache,
     ModelConfig,
+    SharedPrefix,
     Transformer,
     default_positions,
     init_cache,
@@ -190,10 +193,10 @@ class _Controls(NamedTuple):
 class _DecodeState(NamedTuple):
     """Everything the decode loop carries; N rows, L cache slots, C output columns."""
 
-    cache: KVCache  # N rows, L slots (layout: see KVCache)
+    prompts: SharedPrefix  # N / G prompts' caches and masks, W slots (the prompt bucket)
+    cache: KVCache  # N rows, L slots: completion token t at slot t (layout: see KVCache)
     kv_mask: Array  # [N, L] bool: slots holding a real token
     prompt_len: Array  # [N] int32: real prompt tokens (the first completion position)
-    first_slot: Array  # [] int32: cache slot of completion token 0 (the prompt bucket)
     step: Array  # [] int32: completion tokens emitted so far
     tokens: Array  # [N, C] int32
     logp: Array  # [N, C] float32
@@ -217,7 +220,8 @@ def _constrain(st: _DecodeState, mesh: Mesh | None) -> _DecodeState:
 
     per_row = ("kv_mask", "prompt_len", "tokens", "logp", "sampler_logp", "reason", "length",
                "stop_buffer")
-    return st._replace(cache=st.cache.map_buffers(slots),
+    prompts = SharedPrefix(st.prompts.cache.map_buffers(slots), rows(st.prompts.mask))
+    return st._replace(prompts=prompts, cache=st.cache.map_buffers(slots),
                        **{f: rows(getattr(st, f)) for f in per_row})
 
 
@@ -247,12 +251,12 @@ def _emit(st: _DecodeState, scaled: Array, ctl: _Controls, mode: SamplingMode) -
 def _decode_step(model: Transformer, st: _DecodeState, ctl: _Controls, mode: SamplingMode,
                  mesh: Mesh | None) -> _DecodeState:
     """Feed the last emitted token through the model (one cache slot), emit the next one."""
-    slot = st.first_slot + st.step - 1
-    last = jax.lax.dynamic_slice_in_dim(st.tokens, st.step - 1, 1, axis=1)
+    slot = st.step - 1
+    last = jax.lax.dynamic_slice_in_dim(st.tokens, slot, 1, axis=1)
     kv_mask = jax.lax.dynamic_update_slice(st.kv_mask, jnp.ones_like(last, jnp.bool_), (0, slot))
-    positions = (st.prompt_len + st.step - 1)[:, None]
+    positions = (st.prompt_len + slot)[:, None]
     hidden, cache = model.hidden_states(last, kv_mask, positions=positions, cache=st.cache,
-                                        cache_index=slot)
+                                        cache_index=slot, prefix=st.prompts)
     scaled = scaled_logits(hidden[:, 0], model.unembedding(), temperature=ctl.temperature)
     return _constrain(_emit(st._replace(cache=cache, kv_mask=kv_mask), scaled, ctl, mode), mesh)
 
@@ -262,7 +266,8 @@ def _decode_step(model: Transformer, st: _DecodeState, ctl: _Controls, mode: Sam
 def _prefill(graphdef: nnx.GraphDef, params: nnx.State, ids: Array, mask: Array, key: Array,
              ctl: _Controls, *, mode: SamplingMode, num_samples: int, cache_len: int,
              out_len: int, mesh: Mesh | None) -> _DecodeState:
-    """Prefill ``[B, P]`` prompts once, repeat for the samples, emit completion token 0."""
+    """Prefill ``[B, P]`` prompts once, emit completion token 0 of each of their samples;
+    ``cache_len`` completion slots."""
     _TRACES["prefill"] += 1
     model = nnx.merge(graphdef, params)
     batch, width = ids.shape
@@ -271,17 +276,15 @@ def _prefill(graphdef: nnx.GraphDef, params: nnx.State, ids: Array, mask: Array,
                                         cache_index=0)
     scaled = scaled_logits(hidden[:, -1], model.unembedding(), temperature=ctl.temperature)
 
-    def per_sample(x: Array, pad: int = 0, slot_axis: int = 1) -> Array:
-        x = jnp.repeat(x, num_samples, axis=0)
-        return _pad_axis(x, slot_axis, pad)
+    def per_sample(x: Array) -> Array:
+        return jnp.repeat(x, num_samples, axis=0)
 
     rows = batch * num_samples
     st = _DecodeState(
-        cache=cache.map_buffers(
-            lambda x, axes: per_sample(x, cache_len - width, axes.index("cache_seq"))),
-        kv_mask=per_sample(mask, cache_len - width),
-        prompt_len=per_sample(mask.sum(axis=-1).astype(jnp.int32)),
-        first_slot=jnp.int32(width), step=jnp.int32(0),
+        prompts=SharedPrefix(cache, mask.astype(jnp.bool_)),
+        cache=init_cache(model.config, rows, cache_len, model.dtype),
+        kv_mask=jnp.zeros((rows, cache_len), jnp.bool_),
+        prompt_len=per_sample(mask.sum(axis=-1).astype(jnp.int32)), step=jnp.int32(0),
         tokens=jnp.zeros((rows, out_len), jnp.int32),
         logp=jnp.zeros((rows, out_len), jnp.float32),
         sampler_logp=jnp.zeros((rows, out_len), jnp.float32),
@@ -301,7 +304,7 @@ def _decode_chunk(graphdef: nnx.GraphDef, params: nnx.State, st: _DecodeState, c
     slots = st.kv_mask.shape[1]
 
     def more(s: _DecodeState) -> Array:
-        return (s.first_slot + s.step - 1 < slots) & (s.reason == _RUNNING).any()
+        return (s.step - 1 < slots) & (s.reason == _RUNNING).any()
 
     return jax.lax.while_loop(more, lambda s: _decode_step(model, s, ctl, mode, mesh), st)
 
@@ -455,10 +458,10 @@ class Sampler:
         mode = SamplingMode(greedy=greedy, top_k=0 if greedy else top_k,
                             top_p=not greedy and top_p < 1)
         params = self.state if state is None else self._place(state)
-        # A cache bucket past the whole budget would be read every step for nothing: the first
-        # cache is the smaller of the bucket and the prompt plus the budget (then it never grows).
-        slots = min(bucket(width + 1, self.min_cache_slots),
-                    _round_up(width + max_new_tokens, 16))
+        # A cache bucket past the whole budget would be read every step for nothing: the
+        # completion cache is at most the budget (rounded up to 16).
+        most = _round_up(max_new_tokens, 16)
+        slots = min(bucket(1, self.min_cache_slots), most)
         device_ids, device_mask = ids, mask
         if self.mesh is not None:
             device_ids = jax.device_put(ids, shd.batch_sharding(self.mesh, 2, batch))
@@ -472,8 +475,8 @@ class Sampler:
             prefilled = prefilled or time.perf_counter()
             if (reason == _RUNNING).sum() == 0:
                 break
-            if width + step - 1 >= slots:  # the cache is full: next bucket
-                slots = bucket(width + step, self.min_cache_slots)
+            if step - 1 >= slots:  # the cache is full: next bucket
+                slots = min(bucket(step, self.min_cache_slots), most)
                 st = _grow(st, slots=slots, mesh=self.mesh)
             st = _decode_chunk(self.graphdef, params, st, ctl, mode=mode, mesh=self.mesh)
         decoded = time.perf_counter()
