@@ -21,7 +21,8 @@ NVIDIA H200 SXM datasheet's dense bf16 and HBM3e numbers).
 2. Sampler (the trainer's ``Sampler``, bf16 weights and cache): for each ``--batches`` row
    count (``rows / 8`` prompts x 8 samples, the GRPO shape), prefill and decode seconds
    (``Sampler.last_timing``), decode tokens/s, and the HBM-bandwidth bound of a decode step:
-   every weight and the filled part of the KV cache read once, ``bytes / bandwidth``.
+   every weight, each prompt's KV cache (shared by its samples) and each row's filled
+   completion cache read once, ``bytes / bandwidth``.
 
 Compile times are printed apart; timings are medians of ``--runs`` calls after a warm-up.
 """
@@ -103,7 +104,7 @@ def sampler_rows(cfg, batches, prompt_len: int, new_tokens: int, runs: int,
     model = Transformer(cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     weight_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     sampler = Sampler(model, IdTokenizer(), max_prompt_len=prompt_len,
-                      min_cache_slots=bucket(prompt_len + new_tokens))
+                      min_cache_slots=bucket(new_tokens))
     rng = np.random.default_rng(0)
     kv_bytes_per_slot = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2  # k and v, bf16
     rows = []
@@ -119,8 +120,10 @@ def sampler_rows(cfg, batches, prompt_len: int, new_tokens: int, runs: int,
         t = sampler.last_timing  # of the last timed call
         steps = t["decode_steps"]
         n = len(prompts) * GROUP
-        # What a decode step must read: every weight once, and each row's filled cache.
-        step_bytes = weight_bytes + n * (prompt_len + new_tokens / 2) * kv_bytes_per_slot
+        # What a decode step must read: every weight once, each prompt's cache once (its rows
+        # share it) and each row's filled completion cache.
+        step_bytes = weight_bytes + (len(prompts) * prompt_len + n * new_tokens / 2) * \
+            kv_bytes_per_slot
         per_step = t["decode_s"] / steps
         rows.append({
             "rows": n, "prompt_len": prompt_len, "new_tokens": new_tokens,
