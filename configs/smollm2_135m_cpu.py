@@ -27,9 +27,10 @@ def get_config(arg: str = ""):
     (``ppo``: a critic from the policy at lr 1e-4, GAE; default grpo) and/or ``rft``: train
     under the plain template after a rejection-sampling fine-tuning warm start on the policy's
     own verified samples drawn under the worked examples (alphaalign_jax/rl/rft.py), so no
-    scaffold is left to copy during RL; about 80 min on 2 cores. Its run X1 refuses 0.77 of
-    held-out harmful prompts and none of the benign ones at step 30 (base: 0 and 0), in
-    few-word answers (docs/learning.md, section 10)."""
+    scaffold is left to copy during RL; under 2 h on 2 cores. Not a reproducible result yet
+    (docs/learning.md, sections 10-11): run X1 (this recipe, fine-tuned from a saved targets
+    file) discriminated at step 30 (refusal 0.77 harmful, 0.00 benign, held out); this command
+    from scratch (run Y1, the same warm start, other GRPO prompts) refused everything."""
     algorithm, options = parse_config_arg(arg, options=("rft",))
     c = base_config(algorithm)
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
@@ -56,5 +57,5 @@ def get_config(arg: str = ""):
         c.system_prompt = ""
         c.rft.update(rounds=24, system_prompt=WORKED_EXAMPLES_SYSTEM_PROMPT, temperature=0.7,
                      epochs=6, balance=True, learning_rate=1e-4)
-        c.train.steps = 30  # run X1: held-out discrimination +0.48 at step 20, +0.77 at 30
+        c.train.steps = 30  # X1: discrimination +0.77 at step 30; Y1 (from scratch): 0.00
     return c
