@@ -206,10 +206,8 @@ def grouped_query_attention(q: Array, k_t: Array, v: Array, mask: Array,
     # [B, Hkv, rep*T, D]: each KV head's queries in one matrix, so both products are plain
     # batched matmuls over (B, Hkv) with no transpose of the cache.
     q = q.reshape(b, t, kv, rep, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, rep * t, d)
-    scores = jnp.einsum("bkqd,bkds->bkqs", q, k_t).astype(jnp.float32) * (d ** -0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores.reshape(b, kv, rep, t, -1),
-                       jnp.finfo(jnp.float32).min)
-    out, peak, total = _unnormalised_attention(scores.reshape(b, kv, rep * t, -1), v)
+    # The mask of each query row of the reshaped q: [B, 1, rep*T, S].
+    out, peak, total = _partial_attention(q, k_t, v, jnp.tile(mask, (1, rep, 1))[:, None])
     if prefix is not None:
         keys, values, prefix_mask = prefix
         p = keys.shape[0]
@@ -223,11 +221,8 @@ def grouped_query_attention(q: Array, k_t: Array, v: Array, mask: Array,
             return x.reshape(p, kv, g, rep * t, -1).transpose(0, 2, 1, 3, 4).reshape(
                 b, kv, rep * t, -1)
 
-        shared = jnp.einsum("pkqd,pkds->pkqs", per_prompt(q), keys).astype(jnp.float32) * (
-            d ** -0.5)
-        shared = jnp.where(prefix_mask[:, None, None, :], shared, jnp.finfo(jnp.float32).min)
-        shared_out, shared_peak, shared_total = map(per_row,
-                                                    _unnormalised_attention(shared, values))
+        shared_out, shared_peak, shared_total = map(per_row, _partial_attention(
+            per_prompt(q), keys, values, prefix_mask[:, None, None, :]))
         # One softmax over both parts: rescale each to the common maximum.
         top = jnp.maximum(peak, shared_peak)
         own, other = jnp.exp(peak - top), jnp.exp(shared_peak - top)
@@ -237,14 +232,20 @@ def grouped_query_attention(q: Array, k_t: Array, v: Array, mask: Array,
     return out.reshape(b, kv, rep, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
-def _unnormalised_attention(scores: Array, v: Array) -> tuple[Array, Array, Array]:
-    """``(exp(scores - peak) @ v, peak, sum exp(scores - peak))`` over the last axis.
+def _partial_attention(q: Array, k_t: Array, v: Array, mask: Array
+                       ) -> tuple[Array, Array, Array]:
+    """``(exp(scores - peak) @ v, peak, sum exp(scores - peak))`` over the keys, with
+    ``scores = q @ k_t / sqrt(D)`` where ``mask`` (broadcast to [N, Hkv, Q, S]) is true.
+
+    q [N,Hkv,Q,D], k_t [N,Hkv,D,S], v [N,Hkv,S,D].
 
     The softmax's normalisation is deferred past the value product: dividing the [.., D]
     output by each row's total, not the [.., S] weights, saves a pass over the scores (and
     its backward), and lets two parts of one softmax be combined. The peak is a shift the
     result does not depend on (no gradient).
     """
+    scores = jnp.einsum("bkqd,bkds->bkqs", q, k_t).astype(jnp.float32) * (q.shape[-1] ** -0.5)
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     peak = jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True))
     weights = jnp.exp(scores - peak)
     total = weights.sum(axis=-1, keepdims=True)
