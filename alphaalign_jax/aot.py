@@ -57,7 +57,7 @@ from alphaalign_jax import config as config_lib  # noqa: E402
 from alphaalign_jax import sharding as shd  # noqa: E402
 from alphaalign_jax import train as train_lib  # noqa: E402
 from alphaalign_jax.models import ModelConfig  # noqa: E402
-from alphaalign_jax.models.hf_io import abstract_model, param_shardings  # noqa: E402
+from alphaalign_jax.models.hf_io import abstract_model, architecture, param_shardings  # noqa: E402
 from alphaalign_jax.rewards.reward_models import classifier_scores, last_token_hidden  # noqa: E402
 from alphaalign_jax.rl import algorithms  # noqa: E402
 from alphaalign_jax.rl.critic import critic_programs  # noqa: E402
@@ -65,7 +65,6 @@ from alphaalign_jax.rl.optim import config_optimizer  # noqa: E402
 from alphaalign_jax.rl.step import UpdateBatch  # noqa: E402
 from alphaalign_jax.sampling import sampler as sampler_lib  # noqa: E402
 
-ARCHITECTURES = pathlib.Path(__file__).resolve().parent.parent / "configs" / "architectures"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,18 +118,6 @@ def _has_libtpu_package() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("libtpu") is not None
-
-
-def architecture(hf_dir: str, field: str) -> ModelConfig:
-    """A model's architecture: its HF directory's config.json if present, else the card
-    ``configs/architectures/<directory name>.json``."""
-    path = pathlib.Path(hf_dir) if hf_dir else assets.smollm2_dir()
-    for candidate in (path / "config.json", ARCHITECTURES / f"{path.name}.json"):
-        if candidate.is_file():
-            return ModelConfig.from_hf_dict(json.loads(candidate.read_text()),
-                                            source=str(candidate))
-    raise FileNotFoundError(f"{field}={hf_dir}: no config.json there and no card "
-                            f"{ARCHITECTURES / (path.name + '.json')}")
 
 
 def _abstract(tree, shardings):
@@ -318,7 +305,7 @@ def _sampler_programs(c, graphdef, params, rest, mesh, width: int, new: int) -> 
     ctl = sampler_lib._Controls(jnp.float32(1.0), jnp.float32(1.0), jnp.int32(new),
                                 jnp.zeros((2,), jnp.int32), None)
     mode = sampler_lib.SamplingMode(greedy=False, top_k=0, top_p=False)
-    slots = sampler_lib._round_up(new, 16)  # the completion cache at its largest
+    slots = sampler_lib.completion_cache_slots(new)  # the completion cache at its largest
     ids = jax.ShapeDtypeStruct((prompts, width), jnp.int32,
                                sharding=shd.batch_sharding(mesh, 2, prompts))
     mask = jax.ShapeDtypeStruct((prompts, width), jnp.bool_,

@@ -25,11 +25,14 @@ from jax.sharding import Mesh
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from alphaalign_jax import assets
 from alphaalign_jax import sharding as shd
 from alphaalign_jax.models.config import ModelConfig
 from alphaalign_jax.models.transformer import Transformer, rope_inv_freq
 
 Path = tuple[str | int, ...]
+# Architecture cards: the published config.json of models used without their weights.
+ARCHITECTURES = pathlib.Path(__file__).resolve().parents[2] / "configs" / "architectures"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "generation_config.json", "tokenizer.model",
                    "vocab.json", "merges.txt")
@@ -280,3 +283,15 @@ def save_pretrained(model: Transformer, out_dir: str | pathlib.Path, *,
             if src.exists():
                 shutil.copy2(src, out / fname)
     return out
+
+
+def architecture(hf_dir: str, field: str) -> ModelConfig:
+    """A model's architecture: its HF directory's config.json if present, else the card
+    ``configs/architectures/<directory name>.json``."""
+    path = pathlib.Path(hf_dir) if hf_dir else assets.smollm2_dir()
+    for candidate in (path / "config.json", ARCHITECTURES / f"{path.name}.json"):
+        if candidate.is_file():
+            return ModelConfig.from_hf_dict(json.loads(candidate.read_text()),
+                                            source=str(candidate))
+    raise FileNotFoundError(f"{field}={hf_dir}: no config.json there and no card "
+                            f"{ARCHITECTURES / (path.name + '.json')}")

@@ -97,6 +97,12 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def completion_cache_slots(max_new_tokens: int) -> int:
+    """The completion cache's largest size: the budget rounded up to 16 (a bucket past the
+    budget would be read every step for nothing)."""
+    return _round_up(max_new_tokens, 16)
+
+
 class Rollout(NamedTuple):
     """One rollout: padded ``[max_new_tokens]`` rows (real tokens where ``completion_mask``)."""
 
@@ -458,9 +464,7 @@ class Sampler:
         mode = SamplingMode(greedy=greedy, top_k=0 if greedy else top_k,
                             top_p=not greedy and top_p < 1)
         params = self.state if state is None else self._place(state)
-        # A cache bucket past the whole budget would be read every step for nothing: the
-        # completion cache is at most the budget (rounded up to 16).
-        most = _round_up(max_new_tokens, 16)
+        most = completion_cache_slots(max_new_tokens)
         slots = min(bucket(1, self.min_cache_slots), most)
         device_ids, device_mask = ids, mask
         if self.mesh is not None:
