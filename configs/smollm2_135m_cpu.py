@@ -27,10 +27,12 @@ def get_config(arg: str = ""):
     (``ppo``: a critic from the policy at lr 1e-4, GAE; default grpo) and/or ``rft``: train
     under the plain template after a rejection-sampling fine-tuning warm start on the policy's
     own verified samples drawn under the worked examples (alphaalign_jax/rl/rft.py), so no
-    scaffold is left to copy during RL; under 2 h on 2 cores. Not a reproducible result yet
-    (docs/learning.md, sections 10-11): run X1 (this recipe, fine-tuned from a saved targets
-    file) discriminated at step 30 (refusal 0.77 harmful, 0.00 benign, held out); this command
-    from scratch (run Y1, the same warm start, other GRPO prompts) refused everything."""
+    scaffold is left to copy during RL, then 20 GRPO steps with a k3 KL anchor to the
+    warm-started policy (beta 0.04); about 1.5 h on 2 cores. docs/learning.md, sections 10-13:
+    over three prompt orders the anchored GRPO held out refused 0.85-0.98 of harmful prompts
+    and 0.19-0.60 of benign ones (discrimination +0.35 to +0.67; the over-refusal target is
+    missed); without the anchor (beta 0) one order discriminated (+0.77) and another refused
+    everything."""
     algorithm, options = parse_config_arg(arg, options=("rft",))
     c = base_config(algorithm)
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
@@ -57,5 +59,5 @@ def get_config(arg: str = ""):
         c.system_prompt = ""
         c.rft.update(rounds=24, system_prompt=WORKED_EXAMPLES_SYSTEM_PROMPT, temperature=0.7,
                      epochs=6, balance=True, learning_rate=1e-4)
-        c.train.steps = 30  # X1: discrimination +0.77 at step 30; Y1 (from scratch): 0.00
+        c.algo.beta = 0.04  # k3 KL to the warm start: the decision held on every order tried
     return c
