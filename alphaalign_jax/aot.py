@@ -66,7 +66,6 @@ from alphaalign_jax.rl.step import UpdateBatch  # noqa: E402
 from alphaalign_jax.sampling import sampler as sampler_lib  # noqa: E402
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Chip:
     """Per-chip numbers from Google's public Cloud TPU system-architecture pages."""

@@ -49,8 +49,8 @@ sys.path.insert(0, str(ROOT))  # the configs package
 
 from alphaalign_jax import sharding as shd  # noqa: E402
 from alphaalign_jax import train as train_lib  # noqa: E402
-from alphaalign_jax.models.hf_io import architecture  # noqa: E402
 from alphaalign_jax.models import Transformer  # noqa: E402
+from alphaalign_jax.models.hf_io import architecture  # noqa: E402
 from alphaalign_jax.models.flops import grouped_pass_flops, sampling_flops  # noqa: E402
 from alphaalign_jax.rl.optim import config_optimizer  # noqa: E402
 from alphaalign_jax.rl.step import UpdateBatch  # noqa: E402
