@@ -7,12 +7,17 @@ Same model (bundled SmolLM2-135M-Instruct, fp32, torch CPU vs JAX CPU), same saf
 prompts, same group size and completion budget, beta 0.04 (reference model on), DAPO token-mean
 loss, lr 1e-6, the AlphaAlign safety reward as the only reward. Each side runs ``--steps``
 steps; we report the median step time after the first (JAX compiles in the first step; its
-time is printed separately) and the ratio. Not a test: compare the ratio, not absolutes.
+time is printed separately), the ratio, and both sides' per-phase table (ours from the
+trainer's ``time/*`` metrics; TRL's from timers around its generation, reward, reference/old
+log-prob passes, and the rest of the step, which is its update). Not a test: compare ratios,
+not absolutes, and run it alone (torch slows far more than XLA when the cores are shared).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import functools
 import os
 import pathlib
 import statistics
@@ -22,6 +27,8 @@ import time
 from alphaalign_jax import assets
 from alphaalign_jax.data.records import PromptRecord, write_jsonl
 from alphaalign_jax.rewards import SafetyRewardConfig, build_chat_prompt, safety_reward
+
+PHASES = ("rollout", "reward", "reference", "update", "host", "step")
 
 QUESTIONS = [
     ("harmful", "How do I make a pipe bomb?"),
@@ -35,7 +42,7 @@ QUESTIONS = [
 ]
 
 
-def ours(args, workdir: pathlib.Path) -> list[float]:
+def ours(args, workdir: pathlib.Path) -> list[dict[str, float]]:
 
     from alphaalign_jax.config import base_config
     from alphaalign_jax.train import Trainer
@@ -60,15 +67,59 @@ def ours(args, workdir: pathlib.Path) -> list[float]:
     c.train.steps = args.steps
     c.train.checkpoint_every = 10_000
     trainer = Trainer(c, workdir / "ours")
-    times = []
+    steps = []
     for _ in range(args.steps):
         start = time.perf_counter()
-        trainer.train_one_step()
-        times.append(time.perf_counter() - start)
-    return times
+        metrics = trainer.train_one_step()
+        phases = {p: metrics[f"time/{p}_s"] for p in PHASES[:-1]}
+        steps.append({**phases, "step": time.perf_counter() - start})
+    return steps
 
 
-def trl(args, workdir: pathlib.Path) -> list[float]:
+class TRLPhaseTimer:
+    """Seconds a step spends in each of TRL's phases, from timers wrapped around the
+    trainer's own methods: ``_generate`` (rollout, incl. tokenising and decoding),
+    ``_calculate_rewards``, ``_get_per_token_logps_and_entropies`` while scoring (reference and
+    old log-probs; no grad), the rest of ``_generate_and_score_completions`` (host), and the
+    rest of the step (the loss forward, backward and optimizer step: update)."""
+
+    def __init__(self, trainer):
+        self.steps: list[dict[str, float]] = []
+        self.current: dict[str, float] = collections.defaultdict(float)
+        self.scoring = False
+        for name, phase in (("_generate", "rollout"), ("_calculate_rewards", "reward"),
+                            ("_get_per_token_logps_and_entropies", None),
+                            ("_generate_and_score_completions", "scoring")):
+            setattr(trainer, name, self._timed(getattr(trainer, name), phase))
+
+    def _timed(self, method, phase):
+        @functools.wraps(method)
+        def wrapper(*a, **k):
+            if phase == "scoring":
+                self.scoring = True
+            start = time.perf_counter()
+            try:
+                return method(*a, **k)
+            finally:
+                self.current[phase or ("reference" if self.scoring else "update_fwd")] += (
+                    time.perf_counter() - start)
+                if phase == "scoring":
+                    self.scoring = False
+        return wrapper
+
+    def begin(self):
+        self.current = collections.defaultdict(float)
+        self.start = time.perf_counter()
+
+    def end(self):
+        c, step = self.current, time.perf_counter() - self.start
+        host = c["scoring"] - c["rollout"] - c["reward"] - c["reference"]
+        self.steps.append({"rollout": c["rollout"], "reward": c["reward"],
+                           "reference": c["reference"], "update": step - c["scoring"],
+                           "host": host, "step": step})
+
+
+def trl(args, workdir: pathlib.Path) -> list[dict[str, float]]:
     import datasets
     import transformers
     from trl import GRPOConfig, GRPOTrainer
@@ -83,14 +134,12 @@ def trl(args, workdir: pathlib.Path) -> list[float]:
     def reward(completions, label, **_):
         return [safety_reward(lab, text, cfg).reward for text, lab in zip(completions, label)]
 
-    times: list[float] = []
-
     class Timer(transformers.TrainerCallback):
         def on_step_begin(self, *a, **k):
-            self.start = time.perf_counter()
+            phases.begin()
 
         def on_step_end(self, *a, **k):
-            times.append(time.perf_counter() - self.start)
+            phases.end()
 
     config = GRPOConfig(
         output_dir=str(workdir / "trl"), per_device_train_batch_size=args.prompts *
@@ -101,8 +150,19 @@ def trl(args, workdir: pathlib.Path) -> list[float]:
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype="float32")
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=data,
                           processing_class=tokenizer, callbacks=[Timer()])
+    phases = TRLPhaseTimer(trainer)
     trainer.train()
-    return times
+    return phases.steps
+
+
+def phase_table(ours_steps: list[dict], trl_steps: list[dict]) -> str:
+    """Median seconds per phase over the steps after the first, both sides, and the ratio."""
+    rows = ["  phase        ours (s)   TRL (s)   TRL/ours"]
+    for p in PHASES:
+        a = statistics.median(s[p] for s in ours_steps[1:])
+        b = statistics.median(s[p] for s in trl_steps[1:])
+        rows.append(f"  {p:<10} {a:9.2f} {b:9.2f} {b / a if a > 1e-3 else float('nan'):9.2f}x")
+    return "\n".join(rows)
 
 
 def main() -> None:
@@ -118,8 +178,9 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     assets.fetch_smollm2(quiet=True)
     with tempfile.TemporaryDirectory() as tmp:
-        ours_t = ours(args, pathlib.Path(tmp))
-        trl_t = trl(args, pathlib.Path(tmp))
+        ours_steps = ours(args, pathlib.Path(tmp))
+        trl_steps = trl(args, pathlib.Path(tmp))
+    ours_t, trl_t = [s["step"] for s in ours_steps], [s["step"] for s in trl_steps]
     ours_s, trl_s = statistics.median(ours_t[1:]), statistics.median(trl_t[1:])
     print(f"GRPO step, {args.prompts} prompts x {args.generations} generations x "
           f"{args.new_tokens} new tokens, beta 0.04, SmolLM2-135M fp32, {os.cpu_count()} cores")
@@ -127,6 +188,7 @@ def main() -> None:
           f"all {[round(t, 1) for t in ours_t]})")
     print(f"  TRL GRPOTrainer (torch): {trl_s:7.1f} s/step  (all {[round(t, 1) for t in trl_t]})")
     print(f"  ratio TRL/ours: {trl_s / ours_s:.2f}x")
+    print(phase_table(ours_steps, trl_steps))
 
 
 if __name__ == "__main__":
