@@ -106,8 +106,10 @@ def assert_same_update(a, b, atol=1e-6):
 
 
 def test_the_update_with_rematerialised_blocks_equals_the_plain_one():
-    new_params, _, metrics = one_update(remat=True)
-    plain_params, _, plain_metrics = one_update(remat=False)
+    # SGD, as below: with Adam a gradient element near its eps (~1e-8) gets a step of any size
+    # from summation-order noise (seen: 1.7e-6 on one of 2048 elements on an AVX-512 host).
+    new_params, _, metrics = one_update(remat=True, adam=False)
+    plain_params, _, plain_metrics = one_update(remat=False, adam=False)
     assert_same_update((new_params, metrics), (plain_params, plain_metrics))
 
 
