@@ -28,11 +28,11 @@ def get_config(arg: str = ""):
     under the plain template after a rejection-sampling fine-tuning warm start on the policy's
     own verified samples drawn under the worked examples (alphaalign_jax/rl/rft.py), so no
     scaffold is left to copy during RL, then 20 GRPO steps with a k3 KL anchor to the
-    warm-started policy (beta 0.04); about 1.5 h on 2 cores. docs/learning.md, sections 10-12:
-    over three prompt orders the anchored GRPO held out refused 0.85-0.98 of harmful prompts
-    and 0.19-0.60 of benign ones (discrimination +0.35 to +0.67; the over-refusal target is
-    missed); without the anchor (beta 0) one order discriminated (+0.77) and another refused
-    everything."""
+    warm-started policy (beta 0.04); 39 min alone on 2 cores (run R1). docs/learning.md,
+    sections 10-13: over four prompt orders the anchored GRPO held out refused 0.85-0.98 of
+    harmful prompts and 0.19-0.60 of benign ones (discrimination +0.35 to +0.67; the
+    over-refusal target is missed); without the anchor (beta 0) one order discriminated
+    (+0.77) and another refused everything."""
     algorithm, options = parse_config_arg(arg, options=("rft",))
     c = base_config(algorithm)
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
