@@ -93,18 +93,19 @@ class TRLPhaseTimer:
             setattr(trainer, name, self._timed(getattr(trainer, name), phase))
 
     def _timed(self, method, phase):
+        """``phase`` None: the log-prob pass, timed as the reference only while scoring (in
+        the loss it is part of the update, which ``end`` takes as the rest of the step)."""
         @functools.wraps(method)
         def wrapper(*a, **k):
-            if phase == "scoring":
-                self.scoring = True
+            if phase is None and not self.scoring:
+                return method(*a, **k)
+            self.scoring |= phase == "scoring"
             start = time.perf_counter()
             try:
                 return method(*a, **k)
             finally:
-                self.current[phase or ("reference" if self.scoring else "update_fwd")] += (
-                    time.perf_counter() - start)
-                if phase == "scoring":
-                    self.scoring = False
+                self.current[phase or "reference"] += time.perf_counter() - start
+                self.scoring &= phase != "scoring"
         return wrapper
 
     def begin(self):
