@@ -191,19 +191,59 @@ class Program:
                 "bytes_accessed": float(c.get("bytes accessed", 0.0))}
 
 
-def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device]
-                     ) -> tuple[list[Program], dict[str, Any]]:
-    """Lower and compile the step's programs for ``devices``; also the resident state."""
-    mesh = shd.make_mesh(dict(c.mesh), devices=devices)
-    config_lib.validate(c, num_devices=mesh.size)
+def _architectures(c: ml_collections.ConfigDict) -> tuple[ModelConfig, ModelConfig | None]:
+    """The policy's and the reward model's architectures (None: no reward model)."""
     policy = architecture(c.model.hf_dir, "config.model.hf_dir")
-    prompts, group = c.train.prompts_per_step, c.rollout.num_samples
-    width = sampler_lib.bucket(c.rollout.max_prompt_len, 16)
-    new = c.rollout.max_new_tokens
+    rm = None
+    if c.reward.helpfulness == "classifier":
+        rm = architecture(c.reward.rm_dir, "config.reward.rm_dir")
+    elif c.reward.helpfulness != "none":
+        rm = policy  # the LM judge scores with the policy's architecture
+    return policy, rm
+
+
+def _policy_state(c: ml_collections.ConfigDict, policy: ModelConfig, mesh):
+    """The abstract policy (graphdef, params, rest) and its optimizer (tx, state shardings,
+    state), sharded by the project's rules."""
     graphdef, params, rest = _model_state(policy, c.model.dtype, c.model.param_dtype, mesh)
     tx, _ = config_optimizer(c)
     opt_sh = shd.optimizer_shardings(tx, params, mesh)
-    opt_state = _abstract(jax.eval_shape(tx.init, params), opt_sh)
+    return graphdef, params, rest, tx, opt_sh, _abstract(jax.eval_shape(tx.init, params), opt_sh)
+
+
+def _state_bytes(c: ml_collections.ConfigDict, params, opt_state, rm_params) -> dict[str, int]:
+    """Bytes a chip of what stays resident through a step (the critic's are added with it)."""
+    out = {"policy parameters": _per_device_bytes(params),
+           "optimizer state": _per_device_bytes(opt_state)}
+    if c.algo.beta > 0 or c.algo.kl_penalty > 0:
+        out["reference parameters"] = out["policy parameters"]
+    if rm_params is not None:
+        out["reward model"] = _per_device_bytes(rm_params)
+    return out
+
+
+def resident_bytes(c: ml_collections.ConfigDict, devices: list[jax.Device]) -> int:
+    """The resident state a chip, from abstract shardings alone (no compile):
+    a lower bound of any program's need, so the search skips meshes it already rules out."""
+    mesh = shd.make_mesh(dict(c.mesh), devices=devices)
+    policy, rm = _architectures(c)
+    _, params, _, _, _, opt_state = _policy_state(c, policy, mesh)
+    rm_params = rm and _model_state(rm, c.model.dtype, c.model.dtype, mesh)[1]
+    return sum(_state_bytes(c, params, opt_state, rm_params).values())
+
+
+def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device],
+                     reuse: dict | None = None) -> tuple[list[Program], dict[str, Any]]:
+    """Lower and compile the step's programs for ``devices``; also the resident state.
+    ``reuse``: a dict kept across calls that differ only in the micro-batch; the sampler's
+    and reward model's programs compiled by the first are reused."""
+    mesh = shd.make_mesh(dict(c.mesh), devices=devices)
+    config_lib.validate(c, num_devices=mesh.size)
+    policy, rm = _architectures(c)
+    prompts, group = c.train.prompts_per_step, c.rollout.num_samples
+    width = sampler_lib.bucket(c.rollout.max_prompt_len, 16)
+    new = c.rollout.max_new_tokens
+    graphdef, params, rest, tx, opt_sh, opt_state = _policy_state(c, policy, mesh)
     step, reference = train_lib.update_programs(
         c, graphdef, tx, mesh, param_shardings=shd.shardings_of(params),
         opt_shardings=opt_sh)
@@ -226,10 +266,17 @@ def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device]
 
     micro_batches = prompts * group // c.algo.micro_batch_size
     largest = _largest({"params": params, "optimizer": opt_state})
+    rm_state = rm and _model_state(rm, c.model.dtype, c.model.dtype, mesh)
+    state_bytes = _state_bytes(c, params, opt_state, rm_state and rm_state[1])
     try:
-        programs, state_bytes = _compile_all(c, policy, graphdef, params, rest, opt_state, step,
-                                             reference, update_batch, rows, mesh, width, new,
-                                             micro_batches)
+        programs = _update_programs(c, params, rest, opt_state, step, reference,
+                                    update_batch, micro_batches,
+                                    "reference parameters" in state_bytes)
+        reuse = {} if reuse is None else reuse
+        if "rollout" not in reuse:
+            reuse["rollout"] = _rollout_programs(c, graphdef, params, rest, rm_state, rows,
+                                                 mesh, width, new)
+        programs += reuse["rollout"]
         if algorithm.critic:
             programs += _critic_programs(c, policy, mesh, update_batch, micro_batches,
                                          state_bytes)
@@ -239,26 +286,27 @@ def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device]
     return programs, {"mesh": dict(mesh.shape), "state_bytes": state_bytes, "largest": largest}
 
 
-def _compile_all(c, policy, graphdef, params, rest, opt_state, step, reference, update_batch,
-                 rows, mesh, width, new, micro_batches):
-    prompts, group = c.train.prompts_per_step, c.rollout.num_samples
-    state_bytes = {"policy parameters": _per_device_bytes(params),
-                   "optimizer state": _per_device_bytes(opt_state)}
-    mini_batch = update_batch(prompts // c.algo.mini_batches)  # one optimizer update's rows
+def _update_programs(c, params, rest, opt_state, step, reference, update_batch,
+                     micro_batches: int, has_reference: bool) -> list[Program]:
+    """The update on one optimizer step's rows and the reference pass over the batch."""
+    mini_batch = update_batch(c.train.prompts_per_step // c.algo.mini_batches)
     programs = [Program("update (fwd+bwd+optimizer)",
                         _compile("update", step.lower(params, rest, opt_state, mini_batch)),
                         _per_device_bytes((params, opt_state)), micro_batches * c.algo.num_updates)]
-    if c.algo.beta > 0 or c.algo.kl_penalty > 0:
-        state_bytes["reference parameters"] = state_bytes["policy parameters"]
+    if has_reference:
         programs.append(Program("reference log-probs", _compile(
-            "reference", reference.lower(params, rest, update_batch(prompts))),
+            "reference", reference.lower(params, rest, update_batch(c.train.prompts_per_step))),
             _per_device_bytes(params), micro_batches))
-    programs += _sampler_programs(c, graphdef, params, rest, mesh, width, new)
-    if c.reward.helpfulness != "none":
-        rm = (architecture(c.reward.rm_dir, "config.reward.rm_dir")
-              if c.reward.helpfulness == "classifier" else policy)
-        rm_graphdef, rm_params, rm_rest = _model_state(rm, c.model.dtype, c.model.dtype, mesh)
-        state_bytes["reward model"] = _per_device_bytes(rm_params)
+    return programs
+
+
+def _rollout_programs(c, graphdef, params, rest, rm_state, rows, mesh, width: int, new: int
+                      ) -> list[Program]:
+    """The sampler's programs and the reward model's forward: the micro-batch does not
+    change them."""
+    programs = _sampler_programs(c, graphdef, params, rest, mesh, width, new)
+    if rm_state is not None:
+        rm_graphdef, rm_params, rm_rest = rm_state
 
         def rm_forward(p, r, ids, mask):
             model = nnx.merge(rm_graphdef, p, r)
@@ -266,13 +314,13 @@ def _compile_all(c, policy, graphdef, params, rest, opt_state, step, reference, 
             return classifier_scores(model, hidden) if model.score is not None else hidden[:, 0]
 
         shape = (c.reward.rm_batch_size, c.reward.rm_max_len)
-        benign_rollouts = prompts * group // 2
+        benign_rollouts = c.train.prompts_per_step * c.rollout.num_samples // 2
         programs.append(Program(
             "reward model forward",
             _compile("reward model", jax.jit(rm_forward).lower(
                 rm_params, rm_rest, rows(shape, jnp.int32), rows(shape, jnp.bool_))),
             _per_device_bytes(rm_params), math.ceil(benign_rollouts / shape[0])))
-    return programs, state_bytes
+    return programs
 
 
 def _critic_programs(c, policy: ModelConfig, mesh, update_batch, micro_batches: int,
@@ -329,10 +377,12 @@ def _sampler_programs(c, graphdef, params, rest, mesh, width: int, new: int) -> 
                     sampler_graphdef, state, st, ctl, mode=mode, mesh=mesh)), weights, 0)]
 
 
-def plan(c: ml_collections.ConfigDict, topology: str) -> dict[str, Any]:
-    """Compile and summarise: per-program memory, cost and roofline time, and the step."""
+def plan(c: ml_collections.ConfigDict, topology: str, reuse: dict | None = None
+         ) -> dict[str, Any]:
+    """Compile and summarise: per-program memory, cost and roofline time, and the step.
+    ``reuse``: see :func:`compile_programs`."""
     chip, devices = tpu_devices(topology)
-    programs, info = compile_programs(c, devices)
+    programs, info = compile_programs(c, devices, reuse)
     resident = sum(info["state_bytes"].values())
     rows, step_time, peak = [], 0.0, resident
     for p in programs:
@@ -349,6 +399,13 @@ def plan(c: ml_collections.ConfigDict, topology: str) -> dict[str, Any]:
             "resident_state_bytes": info["state_bytes"], "peak_bytes_a_chip": peak,
             "fits": peak <= chip.hbm_bytes, "step_roofline_s": step_time, "programs": rows,
             "largest_tensors": info["largest"]}
+
+
+def _brief(result: dict[str, Any]) -> str:
+    """One search result in a line."""
+    return result.get("error") or (
+        f"peak {result['peak_bytes_a_chip'] / GiB:.2f} GiB "
+        f"({'fits' if result['fits'] else 'no'}), step {result['step_roofline_s']:.2f} s")
 
 
 def report(result: dict[str, Any]) -> str:
@@ -373,27 +430,52 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _trial(c: ml_collections.ConfigDict, mesh: dict[str, int], micro: int
+           ) -> ml_collections.ConfigDict:
+    trial = ml_collections.ConfigDict(c.to_dict())
+    trial.mesh, trial.algo.micro_batch_size = dict(mesh), micro
+    return trial
+
+
 def search(c: ml_collections.ConfigDict, topology: str) -> list[dict[str, Any]]:
-    """Every (data, fsdp, tensor) mesh and whole-group micro-batch the slice and config
-    allow, compiled; sorted fits first, then by estimated step time."""
-    _, devices = tpu_devices(topology)
+    """The (data, fsdp, tensor) meshes and whole-group micro-batches the slice and config
+    allow, compiled; sorted fits first, then by estimated step time. Ruled out without
+    compiling: micro-batches whose rows do not shard over data x fsdp (the rules would
+    replicate them, the same rows computed on several chips), meshes whose resident state
+    alone exceeds a chip, and per mesh the micro-batches above the first that does not fit
+    (memory grows with the rows). The sampler's and reward model's programs are compiled
+    once a mesh."""
+    chip, devices = tpu_devices(topology)
     n, group = len(devices), c.rollout.num_samples
     rows = c.train.prompts_per_step * group
-    policy = architecture(c.model.hf_dir, "config.model.hf_dir")
+    policy, _ = _architectures(c)
     results = []
     for tensor in (t for t in (1, 2, 4, 8) if n % t == 0 and policy.num_kv_heads % t == 0):
         for data in (d for d in (1, 2, 4, 8) if (n // tensor) % d == 0):
+            mesh = dict(data=data, fsdp=n // tensor // data, tensor=tensor)
+            reuse: dict = {}
             for micro in (m for m in range(group, rows + 1, group) if rows % m == 0):
-                trial = ml_collections.ConfigDict(c.to_dict())
-                trial.mesh = dict(data=data, fsdp=n // tensor // data, tensor=tensor)
-                trial.algo.micro_batch_size = micro
+                trial = _trial(c, mesh, micro)
+                if micro % (data * mesh["fsdp"]):
+                    print(f"skip mesh {mesh} micro {micro}: {micro} rows do not shard over "
+                          f"data x fsdp = {data * mesh['fsdp']}", file=sys.stderr)
+                    continue
+                failed = {"mesh": mesh, "micro_batch_size": micro, "fits": False,
+                          "step_roofline_s": math.inf}
                 try:
-                    results.append(plan(trial, topology))
+                    resident = resident_bytes(trial, devices)
+                    if resident > chip.hbm_bytes:
+                        results.append({**failed, "error": f"the resident state alone needs "
+                                                           f"{resident / GiB:.2f} GiB a chip"})
+                        break
+                    results.append(plan(trial, topology, reuse))
                 except DoesNotFit as e:
-                    results.append({"mesh": dict(trial.mesh), "micro_batch_size": micro,
-                                    "fits": False, "error": str(e), "step_roofline_s": math.inf})
+                    results.append({**failed, "error": str(e)})
                 except (ValueError, config_lib.ConfigValueError) as e:
-                    print(f"skip mesh {dict(trial.mesh)} micro {micro}: {e}", file=sys.stderr)
+                    print(f"skip mesh {mesh} micro {micro}: {e}", file=sys.stderr)
+                    continue
+                if not results[-1]["fits"]:
+                    break
     return sorted(results, key=lambda r: (not r["fits"], r["step_roofline_s"]))
 
 
@@ -416,9 +498,7 @@ def main(argv: list[str]) -> None:
         if flags.FLAGS.search:
             results = search(c, flags.FLAGS.topology)
             for r in results:
-                print(f"mesh {r['mesh']} micro {r['micro_batch_size']}: " + (
-                      r["error"] if "error" in r else f"peak {r['peak_bytes_a_chip'] / GiB:.2f} "
-                      f"GiB ({'fits' if r['fits'] else 'no'}), step {r['step_roofline_s']:.2f} s"))
+                print(f"mesh {r['mesh']} micro {r['micro_batch_size']}: {_brief(r)}")
             best = results[0] if results and "error" not in results[0] else None
         else:
             best = results = plan(c, flags.FLAGS.topology)

@@ -154,3 +154,44 @@ def test_remat_keeps_one_block_of_activations_on_a_tpu():
     assert out.returncode == 0, out.stderr[-3000:]
     kept, recomputed = map(int, out.stdout.split())
     assert recomputed < 0.5 * kept, (kept, recomputed)
+
+
+SEARCH = ["--search", "--config.train.prompts_per_step=2", "--config.algo.micro_batch_size=4",
+          "--config.algo.beta=0.0", "--config.reward.helpfulness=none"]
+
+
+def test_search_compiles_each_mesh_and_micro_batch_and_ranks_them(tmp_path):
+    """v4-8 (4 devices), 2 prompts x 4 rollouts: 5 (data, fsdp, tensor) meshes (2 KV heads
+    bound tensor at 2) x micro-batches 4 and 8; the sampler compiled once a mesh."""
+    out = run_aot(tmp_path, *SEARCH, topology="v4-8")
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "plan.json").read_text())
+    tried = {(tuple(r["mesh"].values()), r["micro_batch_size"]) for r in results}
+    meshes = {(1, 4, 1), (2, 2, 1), (4, 1, 1), (1, 2, 2), (2, 1, 2)}
+    assert tried == {(m, micro) for m in meshes for micro in (4, 8)}
+    assert all(r["fits"] for r in results)
+    times = [r["step_roofline_s"] for r in results]
+    assert times == sorted(times)
+    assert out.stderr.count("compiled prefill") == len(meshes)
+    assert out.stderr.count("compiled update") == 2 * len(meshes)
+    best = results[0]
+    assert f"mesh {best['mesh']}, micro-batch {best['micro_batch_size']}" in out.stdout
+
+
+def test_search_rules_out_what_cannot_fit_before_compiling_it(tmp_path):
+    """With a chip of 1 MB, the data=4 mesh's resident state (unsharded float32 weights and
+    Adam, 1.7 MB; 0.4-0.8 MB on the others) rules it out uncompiled; every other mesh stops
+    at its first micro-batch, which does not fit (the decode loop's KV cache alone is ~2 MB),
+    and the search ends with the closest one's report and the largest tensors."""
+    small = ("import dataclasses\naot.CHIPS['v4'] = dataclasses.replace(aot.CHIPS['v4'], "
+             "hbm_bytes=1_000_000)")
+    out = run_aot(tmp_path, *SEARCH, prelude=small, topology="v4-8")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "aot: does not fit: the largest per-chip tensors are")
+    results = json.loads((tmp_path / "plan.json").read_text())
+    assert not any(r["fits"] for r in results)
+    assert {r["micro_batch_size"] for r in results} == {4}  # never the larger micro-batch
+    pruned = [r for r in results if "resident state alone" in r.get("error", "")]
+    assert [tuple(r["mesh"].values()) for r in pruned] == [(4, 1, 1)]
+    assert out.stderr.count("compiled update") == 4
