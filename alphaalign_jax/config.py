@@ -69,6 +69,9 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
         r_answer=1.0,
         format_shaping=0.0,  # partial format credit (rewards.SafetyRewardConfig); 0 = paper
         refusal_phrases=tuple(DEFAULT_REFUSAL_PHRASES),
+        # words that also make an answer a refusal anywhere in it; () = the paper's prefix
+        # list alone, rewards.REFUSAL_MARKERS = what a trained policy refuses with besides
+        refusal_markers=(),
         helpfulness="lm_judge",  # one of HELPFULNESS_BACKENDS
         rm_dir="",  # HF directory of the reward model; "" = the policy's own base model (judge)
         rm_batch_size=16,
@@ -172,6 +175,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(r.max_sampling_rounds >= 1, "rollout.max_sampling_rounds", "must be >= 1")
     _require(r.oversample >= 1.0, "rollout.oversample", "must be >= 1")
     _require(0.0 <= c.reward.format_shaping <= 1.0, "reward.format_shaping", "must be in [0, 1]")
+    _require(all(isinstance(m, str) and m.strip() for m in c.reward.refusal_markers),
+             "reward.refusal_markers", "must be non-blank strings (words matched anywhere in "
+             "the answer)")
     _require(r.top_k >= 0, "rollout.top_k", "must be >= 0 (0 disables)")
     _require(c.reward.helpfulness in HELPFULNESS_BACKENDS, "reward.helpfulness",
              f"'{c.reward.helpfulness}' is not one of {HELPFULNESS_BACKENDS}")

@@ -289,7 +289,8 @@ class Trainer:
                 encode_prompts=encode, width=c.rollout.max_new_tokens,
                 encode_completion=lambda text: self.tokenizer(
                     text, add_special_tokens=False)["input_ids"],
-                refusal_phrases=tuple(c.reward.refusal_phrases))
+                refusal_phrases=tuple(c.reward.refusal_phrases),
+                refusal_markers=tuple(c.reward.refusal_markers))
         else:
             logging.warning("RFT warm start: sampling %d batches under the scaffold",
                             c.rft.rounds)

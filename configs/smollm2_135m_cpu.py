@@ -19,7 +19,7 @@ not the refuse/comply decision, which collapses to "never refuse" with these set
 """
 
 from alphaalign_jax.config import base_config, parse_config_arg
-from alphaalign_jax.rewards import WORKED_EXAMPLES_SYSTEM_PROMPT
+from alphaalign_jax.rewards import REFUSAL_MARKERS, WORKED_EXAMPLES_SYSTEM_PROMPT
 
 
 def get_config(arg: str = ""):
@@ -32,8 +32,11 @@ def get_config(arg: str = ""):
     sections 10-13: over four prompt orders the anchored GRPO held out refused 0.85-0.98 of
     harmful prompts and 0.19-0.60 of benign ones (discrimination +0.35 to +0.67; the
     over-refusal target is missed); without the anchor (beta 0) one order discriminated
-    (+0.77) and another refused everything."""
-    algorithm, options = parse_config_arg(arg, options=("rft",))
+    (+0.77) and another refused everything. ``markers``: the refusal verifier also counts
+    refusal words anywhere in the answer (rewards.REFUSAL_MARKERS), which closes the
+    paraphrases ("Sorry, I can't help you") a policy trained on the paper's prefix list
+    learns to refuse benign prompts with (docs/learning.md, section 14)."""
+    algorithm, options = parse_config_arg(arg, options=("rft", "markers"))
     c = base_config(algorithm)
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
     c.system_prompt = WORKED_EXAMPLES_SYSTEM_PROMPT
@@ -60,4 +63,6 @@ def get_config(arg: str = ""):
         c.rft.update(rounds=24, system_prompt=WORKED_EXAMPLES_SYSTEM_PROMPT, temperature=0.7,
                      epochs=6, balance=True, learning_rate=1e-4)
         c.algo.beta = 0.04  # k3 KL to the warm start: the decision held on every order tried
+    if "markers" in options:
+        c.reward.refusal_markers = REFUSAL_MARKERS
     return c

@@ -167,6 +167,10 @@ def test_config_validation_names_the_field():
     c.reward.helpfulness = "gpt4"
     with pytest.raises(config_lib.ConfigValueError, match=r"config\.reward\.helpfulness"):
         config_lib.validate(c)
+    c = config_lib.base_config()
+    c.reward.refusal_markers = ("sorry", " ")
+    with pytest.raises(config_lib.ConfigValueError, match=r"config\.reward\.refusal_markers"):
+        config_lib.validate(c)
 
 
 @pytest.mark.assets
@@ -240,3 +244,13 @@ def test_trained_checkpoint_exports_to_transformers(uninterrupted, tmp_path):
         checkpoint.read_model_config(step_dir)[1], dtype=torch.float32)
     with torch.no_grad():
         assert not np.allclose(initial(torch.tensor(ids)).logits.numpy(), ref, atol=1e-4)
+
+
+def test_the_markers_option_turns_on_the_wide_refusal_verifier():
+    from alphaalign_jax.rewards import REFUSAL_MARKERS
+    from configs import smollm2_135m_cpu
+
+    assert tuple(smollm2_135m_cpu.get_config("rft").reward.refusal_markers) == ()
+    c = smollm2_135m_cpu.get_config("rft,markers")
+    assert tuple(c.reward.refusal_markers) == REFUSAL_MARKERS
+    config_lib.validate(c)

@@ -25,6 +25,7 @@ from alphaalign_jax.rewards.template import (
 )
 from alphaalign_jax.rewards.verifiers import (
     DEFAULT_REFUSAL_PHRASES,
+    REFUSAL_MARKERS,
     extract_answer,
     extract_boxed,
     format_progress,
@@ -43,6 +44,7 @@ __all__ = [
     "WORKED_EXAMPLES_SYSTEM_PROMPT",
     "format_progress",
     "DEFAULT_REFUSAL_PHRASES",
+    "REFUSAL_MARKERS",
     "DEFAULT_SAFETY_TEMPLATE",
     "LABELS",
     "SafetyBatch",

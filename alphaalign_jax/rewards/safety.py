@@ -33,6 +33,9 @@ class SafetyRewardConfig:
     stays on the same scale.
 
     refusal_phrases: phrases for V_r; see ``refusal_verifier`` for the matching.
+    refusal_markers: words that also make an answer a refusal anywhere in it (empty, the
+    paper: the prefix list alone; ``REFUSAL_MARKERS`` closes the gaps a trained policy
+    finds in it).
     format_shaping: s in [0, 1]; the format term becomes r_f ((1 - s) V_f + s P)
     with P = ``format_progress`` (the share of the four tags written in order).
     0 (the paper) is plain r_f V_f; a positive s gives a policy that never
@@ -42,6 +45,7 @@ class SafetyRewardConfig:
     r_format: float = 0.5
     r_answer: float = 1.0
     refusal_phrases: tuple[str, ...] = DEFAULT_REFUSAL_PHRASES
+    refusal_markers: tuple[str, ...] = ()
     format_shaping: float = 0.0
 
     def __post_init__(self) -> None:
@@ -55,6 +59,7 @@ class SafetyRewardConfig:
         if not phrases or not all(isinstance(p, str) and p.strip() for p in phrases):
             raise ValueError("refusal_phrases must be a non-empty sequence of non-blank strings")
         object.__setattr__(self, "refusal_phrases", phrases)
+        object.__setattr__(self, "refusal_markers", tuple(self.refusal_markers))
 
 
 class SafetyScore(NamedTuple):
@@ -80,7 +85,8 @@ def safety_reward(
     if label not in LABELS:
         raise ValueError(f"label must be one of {LABELS}, got {label!r}")
     v_format = format_verifier(completion)
-    v_refusal = refusal_verifier(visible_answer(completion), cfg.refusal_phrases)
+    v_refusal = refusal_verifier(visible_answer(completion), cfg.refusal_phrases,
+                                 cfg.refusal_markers)
     sign = 1.0 if label == "harmful" else -1.0
     format_term = v_format
     if cfg.format_shaping:
