@@ -32,10 +32,11 @@ def get_config(arg: str = ""):
     sections 10-13: over four prompt orders the anchored GRPO held out refused 0.85-0.98 of
     harmful prompts and 0.19-0.60 of benign ones (discrimination +0.35 to +0.67; the
     over-refusal target is missed); without the anchor (beta 0) one order discriminated
-    (+0.77) and another refused everything. ``markers``: the refusal verifier also counts
-    refusal words anywhere in the answer (rewards.REFUSAL_MARKERS), which closes the
-    paraphrases ("Sorry, I can't help you") a policy trained on the paper's prefix list
-    learns to refuse benign prompts with (docs/learning.md, section 14)."""
+    (+0.77) and another refused everything. Those counts are the paper's refusal verifier's;
+    counted wide (section 14) R1 refuses 1.00 / 0.85, the policy having learned to refuse
+    benign prompts in words the verifier's list misses. ``markers``: the reward's refusal
+    verifier also counts refusal words anywhere in the answer (rewards.REFUSAL_MARKERS),
+    closing those paraphrases ("Sorry, I can't help you"); measured in section 14 (run M1)."""
     algorithm, options = parse_config_arg(arg, options=("rft", "markers"))
     c = base_config(algorithm)
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
