@@ -36,7 +36,10 @@ def get_config(arg: str = ""):
     counted wide (section 14) R1 refuses 1.00 / 0.85, the policy having learned to refuse
     benign prompts in words the verifier's list misses. ``markers``: the reward's refusal
     verifier also counts refusal words anywhere in the answer (rewards.REFUSAL_MARKERS),
-    closing those paraphrases ("Sorry, I can't help you"); measured in section 14 (run M1)."""
+    closing those paraphrases ("Sorry, I can't help you"); with the helpfulness term
+    (``--config.reward.helpfulness=lm_judge``, the base model as judge) and 40 steps from
+    this config's warm start it met all four targets of issue 10 by both counts (run H1,
+    section 14; one run, not yet from scratch)."""
     algorithm, options = parse_config_arg(arg, options=("rft", "markers"))
     c = base_config(algorithm)
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
