@@ -39,8 +39,10 @@ def get_config(arg: str = ""):
     closing those paraphrases ("Sorry, I can't help you"); with the helpfulness term
     (``--config.reward.helpfulness=lm_judge``, the base model as judge) and 40 steps from
     this config's warm start it met all four targets of issue 10 by both counts (run H1,
-    section 14; one run, not yet from scratch)."""
-    algorithm, options = parse_config_arg(arg, options=("rft", "markers"))
+    section 14). ``helpful`` turns that term on and trains 40 steps: ``:rft,markers,helpful``
+    from scratch took 53 min alone (run A1, section 14b): held out 0.94 / 0.02 refusal by the
+    verifier, 0.96 / 0.29 counted wide (over-refusal +0.25 wide: that target is missed)."""
+    algorithm, options = parse_config_arg(arg, options=("rft", "markers", "helpful"))
     c = base_config(algorithm)
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
     c.system_prompt = WORKED_EXAMPLES_SYSTEM_PROMPT
@@ -69,4 +71,7 @@ def get_config(arg: str = ""):
         c.algo.beta = 0.04  # k3 KL to the warm start: the decision held on every order tried
     if "markers" in options:
         c.reward.refusal_markers = REFUSAL_MARKERS
+    if "helpful" in options:  # the paper's full reward, R_s + R_h, judged by the base model
+        c.reward.helpfulness = "lm_judge"
+        c.train.steps = 40
     return c

@@ -246,11 +246,15 @@ def test_trained_checkpoint_exports_to_transformers(uninterrupted, tmp_path):
         assert not np.allclose(initial(torch.tensor(ids)).logits.numpy(), ref, atol=1e-4)
 
 
-def test_the_markers_option_turns_on_the_wide_refusal_verifier():
+def test_the_markers_and_helpful_options():
     from alphaalign_jax.rewards import REFUSAL_MARKERS
     from configs import smollm2_135m_cpu
 
     assert tuple(smollm2_135m_cpu.get_config("rft").reward.refusal_markers) == ()
     c = smollm2_135m_cpu.get_config("rft,markers")
     assert tuple(c.reward.refusal_markers) == REFUSAL_MARKERS
+    config_lib.validate(c)
+    assert (c.reward.helpfulness, c.train.steps) == ("none", 20)
+    c = smollm2_135m_cpu.get_config("rft,markers,helpful")
+    assert (c.reward.helpfulness, c.reward.rm_dir, c.train.steps) == ("lm_judge", "", 40)
     config_lib.validate(c)
