@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from alphaalign_jax.rewards import DEFAULT_REFUSAL_PHRASES, DEFAULT_SAFETY_TEMPLATE
+from alphaalign_jax.rewards import DEFAULT_REFUSAL_PHRASES, DEFAULT_SAFETY_TEMPLATE, MARKER_SCOPES
 from alphaalign_jax.rl import algorithms
 from alphaalign_jax.rl.losses import AGGREGATIONS
 
@@ -72,6 +72,9 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
         # words that also make an answer a refusal anywhere in it; () = the paper's prefix
         # list alone, rewards.REFUSAL_MARKERS = what a trained policy refuses with besides
         refusal_markers=(),
+        # where the markers apply: "all" prompts, or "benign" ones only (harmful prompts then
+        # earn r_a only for the template's refusal; rewards.verifiers.markers_for)
+        markers_on="all",
         helpfulness="lm_judge",  # one of HELPFULNESS_BACKENDS
         rm_dir="",  # HF directory of the reward model; "" = the policy's own base model (judge)
         rm_batch_size=16,
@@ -178,6 +181,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(all(isinstance(m, str) and m.strip() for m in c.reward.refusal_markers),
              "reward.refusal_markers", "must be non-blank strings (words matched anywhere in "
              "the answer)")
+    _require(c.reward.markers_on in MARKER_SCOPES, "reward.markers_on",
+             f"'{c.reward.markers_on}' is not one of {MARKER_SCOPES}")
     _require(r.top_k >= 0, "rollout.top_k", "must be >= 0 (0 disables)")
     _require(c.reward.helpfulness in HELPFULNESS_BACKENDS, "reward.helpfulness",
              f"'{c.reward.helpfulness}' is not one of {HELPFULNESS_BACKENDS}")

@@ -290,7 +290,8 @@ class Trainer:
                 encode_completion=lambda text: self.tokenizer(
                     text, add_special_tokens=False)["input_ids"],
                 refusal_phrases=tuple(c.reward.refusal_phrases),
-                refusal_markers=tuple(c.reward.refusal_markers))
+                refusal_markers=tuple(c.reward.refusal_markers),
+                markers_on=c.reward.markers_on)
         else:
             logging.warning("RFT warm start: sampling %d batches under the scaffold",
                             c.rft.rounds)

@@ -15,6 +15,7 @@ from alphaalign_jax.rewards import (
     extract_boxed,
     format_verifier,
     is_refusal,
+    markers_for,
     refusal_verifier,
     safety_reward,
     visible_answer,
@@ -107,6 +108,23 @@ def test_safety_reward_with_markers_penalises_a_paraphrased_benign_refusal():
     assert safety_reward("benign", text, paper) == (1.0, 0.0, 0.5)
     assert safety_reward("benign", text, wide) == (1.0, 1.0, -0.5)
     assert safety_reward("harmful", text, wide) == (1.0, 1.0, 1.5)
+
+
+def test_markers_on_benign_prompts_only_pay_only_the_templates_refusal_on_harmful_ones():
+    verdict = ("<safety_reasoning>Unsafe.</safety_reasoning>"
+               "<answer>This question is not safe. It is unsafe.</answer>")
+    boxed = ("<safety_reasoning>Unsafe.</safety_reasoning>"
+             "<answer>\\boxed{Sorry, I can't comply}</answer>")
+    cfg = SafetyRewardConfig(refusal_markers=REFUSAL_MARKERS, markers_on="benign")
+    # harmful: a refusal in the policy's own words earns the format only; the template's earns r_a
+    assert safety_reward("harmful", verdict, cfg) == (1.0, 0.0, 0.5)
+    assert safety_reward("harmful", boxed, cfg) == (1.0, 1.0, 1.5)
+    # benign: a refusal in any words still pays r_a
+    assert safety_reward("benign", verdict, cfg) == (1.0, 1.0, -0.5)
+    assert safety_reward("benign", boxed, cfg) == (1.0, 1.0, -0.5)
+    assert markers_for("harmful", REFUSAL_MARKERS, "all") == REFUSAL_MARKERS
+    with pytest.raises(ValueError, match="marker scope"):
+        SafetyRewardConfig(refusal_markers=REFUSAL_MARKERS, markers_on="harmful")
 
 
 def test_marker_search_on_a_megabyte_is_fast():

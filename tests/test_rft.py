@@ -14,7 +14,7 @@ import pytest
 from alphaalign_jax import config as config_lib
 from alphaalign_jax import train as train_lib
 from alphaalign_jax.data.records import PromptRecord
-from alphaalign_jax.rewards import DEFAULT_REFUSAL_PHRASES
+from alphaalign_jax.rewards import DEFAULT_REFUSAL_PHRASES, REFUSAL_MARKERS
 from alphaalign_jax.rl import rft
 from alphaalign_jax.rl.losses import finalize, nll_loss
 from tests.tiny_run import make_tiny_policy, write_prompts
@@ -56,6 +56,15 @@ def test_copy_check_counts_words_not_characters():
     text = COMPLY.replace("Knead the dough.", "everyday cooking question")
     assert select([BENIGN], [[text]], copy_words=4)[0][0, 0]
     assert not select([BENIGN], [[text]], copy_words=3)[0][0, 0]
+
+
+def test_select_reads_the_decision_as_the_reward_does():
+    verdict = COMPLY.replace("Knead the dough.", "This question is not safe.")
+    pick = lambda record, scope: rft.select(
+        [record], [[verdict]], scaffold="", copy_words=4, refusal_phrases=DEFAULT_REFUSAL_PHRASES,
+        refusal_markers=REFUSAL_MARKERS, markers_on=scope)[0][0, 0]
+    assert pick(HARMFUL, "all") and not pick(HARMFUL, "benign")  # not the template's refusal
+    assert not pick(BENIGN, "all") and not pick(BENIGN, "benign")  # a refusal either way
 
 
 def _target(prompt_len: int, completion_len: int, seed: int) -> rft.Target:

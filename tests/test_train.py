@@ -171,6 +171,10 @@ def test_config_validation_names_the_field():
     c.reward.refusal_markers = ("sorry", " ")
     with pytest.raises(config_lib.ConfigValueError, match=r"config\.reward\.refusal_markers"):
         config_lib.validate(c)
+    c = config_lib.base_config()
+    c.reward.markers_on = "harmful"
+    with pytest.raises(config_lib.ConfigValueError, match=r"config\.reward\.markers_on"):
+        config_lib.validate(c)
 
 
 @pytest.mark.assets

@@ -25,12 +25,14 @@ from alphaalign_jax.rewards.template import (
 )
 from alphaalign_jax.rewards.verifiers import (
     DEFAULT_REFUSAL_PHRASES,
+    MARKER_SCOPES,
     REFUSAL_MARKERS,
     extract_answer,
     extract_boxed,
     format_progress,
     format_verifier,
     is_refusal,
+    markers_for,
     refusal_verifier,
     visible_answer,
 )
@@ -45,6 +47,7 @@ __all__ = [
     "format_progress",
     "DEFAULT_REFUSAL_PHRASES",
     "REFUSAL_MARKERS",
+    "MARKER_SCOPES",
     "DEFAULT_SAFETY_TEMPLATE",
     "LABELS",
     "SafetyBatch",
@@ -58,6 +61,7 @@ __all__ = [
     "group_normalise",
     "helpfulness_reward",
     "is_refusal",
+    "markers_for",
     "refusal_verifier",
     "reward_metrics",
     "safety_reward",

@@ -77,6 +77,7 @@ def alphaalign_reward(reward_config, default_rm_dir, mesh) -> AlphaAlignReward:
     safety = SafetyRewardConfig(r_format=r.r_format, r_answer=r.r_answer,
                                 refusal_phrases=tuple(r.refusal_phrases),
                                 refusal_markers=tuple(r.refusal_markers),
+                                markers_on=r.markers_on,
                                 format_shaping=float(r.format_shaping))
     rm_kwargs = {} if r.helpfulness == "none" else dict(
         hf_dir=r.rm_dir or default_rm_dir, mesh=mesh, batch_size=r.rm_batch_size,

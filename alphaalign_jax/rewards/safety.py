@@ -14,6 +14,7 @@ from alphaalign_jax.rewards.verifiers import (
     DEFAULT_REFUSAL_PHRASES,
     format_progress,
     format_verifier,
+    markers_for,
     refusal_verifier,
     visible_answer,
 )
@@ -36,6 +37,7 @@ class SafetyRewardConfig:
     refusal_markers: words that also make an answer a refusal anywhere in it (empty, the
     paper: the prefix list alone; ``REFUSAL_MARKERS`` closes the gaps a trained policy
     finds in it).
+    markers_on: where the markers apply, "all" prompts or "benign" ones only (``markers_for``).
     format_shaping: s in [0, 1]; the format term becomes r_f ((1 - s) V_f + s P)
     with P = ``format_progress`` (the share of the four tags written in order).
     0 (the paper) is plain r_f V_f; a positive s gives a policy that never
@@ -46,6 +48,7 @@ class SafetyRewardConfig:
     r_answer: float = 1.0
     refusal_phrases: tuple[str, ...] = DEFAULT_REFUSAL_PHRASES
     refusal_markers: tuple[str, ...] = ()
+    markers_on: str = "all"
     format_shaping: float = 0.0
 
     def __post_init__(self) -> None:
@@ -60,6 +63,7 @@ class SafetyRewardConfig:
             raise ValueError("refusal_phrases must be a non-empty sequence of non-blank strings")
         object.__setattr__(self, "refusal_phrases", phrases)
         object.__setattr__(self, "refusal_markers", tuple(self.refusal_markers))
+        markers_for("benign", self.refusal_markers, self.markers_on)  # validates the scope
 
 
 class SafetyScore(NamedTuple):
@@ -86,7 +90,7 @@ def safety_reward(
         raise ValueError(f"label must be one of {LABELS}, got {label!r}")
     v_format = format_verifier(completion)
     v_refusal = refusal_verifier(visible_answer(completion), cfg.refusal_phrases,
-                                 cfg.refusal_markers)
+                                 markers_for(label, cfg.refusal_markers, cfg.markers_on))
     sign = 1.0 if label == "harmful" else -1.0
     format_term = v_format
     if cfg.format_shaping:

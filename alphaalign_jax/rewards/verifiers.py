@@ -191,6 +191,22 @@ def visible_answer(completion: str) -> str:
     return tail
 
 
+MARKER_SCOPES = ("all", "benign")
+
+
+def markers_for(label: str, markers: Sequence[str], scope: str = "all") -> tuple[str, ...]:
+    """The refusal markers that apply to a prompt of ``label``.
+
+    ``scope`` "all": every prompt. "benign": benign prompts only, so a harmful prompt earns r_a
+    only for the refusal the template asks for (the prefix list), while a benign prompt pays r_a
+    for a refusal in any words: a policy can neither drop the template's refusal on harmful
+    prompts (as it does when a marker earns the same) nor refuse benign ones in unlisted words.
+    """
+    if scope not in MARKER_SCOPES:
+        raise ValueError(f"marker scope must be one of {MARKER_SCOPES}, got {scope!r}")
+    return tuple(markers) if scope == "all" or label == "benign" else ()
+
+
 def is_refusal(completion: str, phrases: Sequence[str] = DEFAULT_REFUSAL_PHRASES,
                markers: Sequence[str] = ()) -> bool:
     """Whether a whole completion refuses: V_r of its ``visible_answer``."""

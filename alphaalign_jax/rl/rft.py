@@ -39,6 +39,7 @@ from alphaalign_jax.rewards.verifiers import (
     REASONING_OPEN,
     format_verifier,
     is_refusal,
+    markers_for,
 )
 
 _WORD = re.compile(r"\w+")
@@ -65,12 +66,14 @@ class Verdict(NamedTuple):
 
 def judge(record: PromptRecord, text: str, seen: set[str], *, scaffold_ngrams: set,
           copy_words: int, refusal_phrases: Sequence[str],
-          refusal_markers: Sequence[str] = ()) -> Verdict:
+          refusal_markers: Sequence[str] = (), markers_on: str = "all") -> Verdict:
     """Whether one completion (response prefix included) is a training target; ``seen`` holds
-    the completions already kept for this prompt and is updated when this one is kept."""
+    the completions already kept for this prompt and is updated when this one is kept. The
+    decision is read as the reward reads it (``markers_on``: ``markers_for``)."""
     if format_verifier(text) != 1.0:
         return Verdict(False, "format")
-    if is_refusal(text, refusal_phrases, refusal_markers) != (record.label == "harmful"):
+    markers = markers_for(record.label, refusal_markers, markers_on)
+    if is_refusal(text, refusal_phrases, markers) != (record.label == "harmful"):
         return Verdict(False, "decision")
     if scaffold_ngrams and word_ngrams(text, copy_words) & scaffold_ngrams:
         return Verdict(False, "copied")
@@ -81,8 +84,8 @@ def judge(record: PromptRecord, text: str, seen: set[str], *, scaffold_ngrams: s
 
 
 def select(records: Sequence[PromptRecord], texts: Sequence[Sequence[str]], *, scaffold: str,
-           copy_words: int, refusal_phrases: Sequence[str], refusal_markers: Sequence[str] = ()
-           ) -> tuple[np.ndarray, dict[str, int]]:
+           copy_words: int, refusal_phrases: Sequence[str], refusal_markers: Sequence[str] = (),
+           markers_on: str = "all") -> tuple[np.ndarray, dict[str, int]]:
     """[P, G] bool mask of the rollouts to train on, and how many fell to each reason."""
     scaffold_ngrams = word_ngrams(scaffold, copy_words) if scaffold else set()
     keep = np.zeros((len(records), len(texts[0]) if texts else 0), bool)
@@ -92,7 +95,7 @@ def select(records: Sequence[PromptRecord], texts: Sequence[Sequence[str]], *, s
         for g, text in enumerate(group):
             verdict = judge(record, text, seen, scaffold_ngrams=scaffold_ngrams,
                             copy_words=copy_words, refusal_phrases=refusal_phrases,
-                            refusal_markers=refusal_markers)
+                            refusal_markers=refusal_markers, markers_on=markers_on)
             keep[p, g] = verdict.keep
             counts[verdict.reason] += 1
     return keep, counts
@@ -169,7 +172,8 @@ def collect(c: ml_collections.ConfigDict, next_records: Callable[[], list[Prompt
         rollouts, texts = sample(records, seed, scaffold, r.temperature)
         keep, round_counts = select(records, texts, scaffold=scaffold, copy_words=r.copy_words,
                                     refusal_phrases=tuple(c.reward.refusal_phrases),
-                                    refusal_markers=tuple(c.reward.refusal_markers))
+                                    refusal_markers=tuple(c.reward.refusal_markers),
+                                    markers_on=c.reward.markers_on)
         counts = {k: counts.get(k, 0) + v for k, v in round_counts.items()}
         train_ids = encode(records)
         for p, g in zip(*np.nonzero(keep)):
@@ -188,7 +192,8 @@ def collect(c: ml_collections.ConfigDict, next_records: Callable[[], list[Prompt
 
 def load(path: str, *, response_prefix: str, encode_prompts: Callable[[list[PromptRecord]], list],
          encode_completion: Callable[[str], list[int]], width: int,
-         refusal_phrases: Sequence[str], refusal_markers: Sequence[str] = ()) -> Collected:
+         refusal_phrases: Sequence[str], refusal_markers: Sequence[str] = (),
+         markers_on: str = "all") -> Collected:
     """A previous warm start's kept samples (its ``rft_targets.jsonl``) as targets, so a
     fine-tuning setting can be measured without sampling again. Every line is verified again
     (tags, decision) and a line that fails, or is not such a row, is an error naming it.
@@ -210,7 +215,8 @@ def load(path: str, *, response_prefix: str, encode_prompts: Callable[[list[Prom
             raise ConfigValueError(f"config.rft.targets_file: {where}: the completion does not "
                                    f"start with rollout.response_prefix {response_prefix!r}")
         if not judge(record, text, set(), scaffold_ngrams=set(), copy_words=1,
-                     refusal_phrases=refusal_phrases, refusal_markers=refusal_markers).keep:
+                     refusal_phrases=refusal_phrases, refusal_markers=refusal_markers,
+                     markers_on=markers_on).keep:
             raise ConfigValueError(f"config.rft.targets_file: {where}: the verifiers reject "
                                    "this completion (tags in order, a refusal exactly on "
                                    "harmful prompts)")
