@@ -18,31 +18,36 @@ What it learns (docs/learning.md): the tags, by copying the worked examples into
 not the refuse/comply decision, which collapses to "never refuse" with these settings.
 """
 
-from alphaalign_jax.config import base_config, parse_config_arg
+from alphaalign_jax.config import ConfigValueError, base_config, parse_config_arg
 from alphaalign_jax.rewards import REFUSAL_MARKERS, WORKED_EXAMPLES_SYSTEM_PROMPT
 
 
 def get_config(arg: str = ""):
     """``--config=configs/smollm2_135m_cpu.py:ARG``, ARG comma-separated: an algorithm
-    (``ppo``: a critic from the policy at lr 1e-4, GAE; default grpo) and/or ``rft``: train
-    under the plain template after a rejection-sampling fine-tuning warm start on the policy's
-    own verified samples drawn under the worked examples (alphaalign_jax/rl/rft.py), so no
-    scaffold is left to copy during RL, then 20 GRPO steps with a k3 KL anchor to the
-    warm-started policy (beta 0.04); 39 min alone on 2 cores (run R1). docs/learning.md,
-    sections 10-13: over four prompt orders the anchored GRPO held out refused 0.85-0.98 of
-    harmful prompts and 0.19-0.60 of benign ones (discrimination +0.35 to +0.67; the
-    over-refusal target is missed); without the anchor (beta 0) one order discriminated
-    (+0.77) and another refused everything. Those counts are the paper's refusal verifier's;
-    counted wide (section 14) R1 refuses 1.00 / 0.85, the policy having learned to refuse
-    benign prompts in words the verifier's list misses. ``markers``: the reward's refusal
-    verifier also counts refusal words anywhere in the answer (rewards.REFUSAL_MARKERS),
-    closing those paraphrases ("Sorry, I can't help you"); with the helpfulness term
-    (``--config.reward.helpfulness=lm_judge``, the base model as judge) and 40 steps from
-    this config's warm start it met all four targets of issue 10 by both counts (run H1,
-    section 14). ``helpful`` turns that term on and trains 40 steps: ``:rft,markers,helpful``
-    from scratch took 53 min alone (run A1, section 14b): held out 0.94 / 0.02 refusal by the
-    verifier, 0.96 / 0.29 counted wide (over-refusal +0.25 wide: that target is missed)."""
-    algorithm, options = parse_config_arg(arg, options=("rft", "markers", "helpful"))
+    (``ppo``: a critic from the policy at lr 1e-4, GAE; default grpo) and these options.
+
+    ``rft``: train under the plain template after a rejection-sampling fine-tuning warm start
+    on the policy's own verified samples drawn under the worked examples (rl/rft.py), so no
+    scaffold is left to copy during RL; 20 GRPO steps with a k3 KL anchor to the warm start
+    (beta 0.04). It discriminates by the paper's refusal verifier but refuses benign prompts
+    in words the verifier's list misses (docs/learning.md, sections 10-14).
+    ``markers``: the reward's refusal verifier also counts refusal words anywhere in the answer
+    (rewards.REFUSAL_MARKERS), so those paraphrases pay r_a on benign prompts.
+    ``helpful``: the paper's helpfulness term (an LM judge, the base model) and 40 steps.
+    ``benign_markers``: the markers on benign prompts only (harmful ones earn r_a only for the
+    template's refusal) and 60 steps: the headline run's second phase, which resumes the
+    40-step ``:rft,markers,helpful`` run in the same workdir (README, "Results"):
+
+        python -m alphaalign_jax.train --config=configs/smollm2_135m_cpu.py:rft,markers,helpful --workdir=runs/headline
+        python -m alphaalign_jax.train --config=configs/smollm2_135m_cpu.py:rft,markers,helpful,benign_markers --workdir=runs/headline
+
+    About 72 min alone on 2 cores (runs A1, A1b; docs/learning.md section 14c)."""
+    algorithm, options = parse_config_arg(
+        arg, options=("rft", "markers", "helpful", "benign_markers"))
+    if "benign_markers" in options and "markers" not in options:
+        raise ConfigValueError(f"config argument {arg!r}: benign_markers narrows the markers "
+                               "option to benign prompts; pass both (:rft,markers,helpful,"
+                               "benign_markers)")
     c = base_config(algorithm)
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
     c.system_prompt = WORKED_EXAMPLES_SYSTEM_PROMPT
@@ -74,4 +79,7 @@ def get_config(arg: str = ""):
     if "helpful" in options:  # the paper's full reward, R_s + R_h, judged by the base model
         c.reward.helpfulness = "lm_judge"
         c.train.steps = 40
+    if "benign_markers" in options:  # the headline's second phase: README, "Results"
+        c.reward.markers_on = "benign"
+        c.train.steps = 60
     return c

@@ -250,7 +250,7 @@ def test_trained_checkpoint_exports_to_transformers(uninterrupted, tmp_path):
         assert not np.allclose(initial(torch.tensor(ids)).logits.numpy(), ref, atol=1e-4)
 
 
-def test_the_markers_and_helpful_options():
+def test_the_markers_helpful_and_benign_markers_options():
     from alphaalign_jax.rewards import REFUSAL_MARKERS
     from configs import smollm2_135m_cpu
 
@@ -262,3 +262,9 @@ def test_the_markers_and_helpful_options():
     c = smollm2_135m_cpu.get_config("rft,markers,helpful")
     assert (c.reward.helpfulness, c.reward.rm_dir, c.train.steps) == ("lm_judge", "", 40)
     config_lib.validate(c)
+    assert c.reward.markers_on == "all"
+    c = smollm2_135m_cpu.get_config("rft,markers,helpful,benign_markers")
+    assert (c.reward.markers_on, c.train.steps, c.reward.helpfulness) == ("benign", 60, "lm_judge")
+    config_lib.validate(c)
+    with pytest.raises(config_lib.ConfigValueError, match="benign_markers"):
+        smollm2_135m_cpu.get_config("rft,helpful,benign_markers")
