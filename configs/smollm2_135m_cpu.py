@@ -41,7 +41,7 @@ def get_config(arg: str = ""):
         python -m alphaalign_jax.train --config=configs/smollm2_135m_cpu.py:rft,markers,helpful --workdir=runs/headline
         python -m alphaalign_jax.train --config=configs/smollm2_135m_cpu.py:rft,markers,helpful,benign_markers --workdir=runs/headline
 
-    About 72 min alone on 2 cores (runs A1, A1b; docs/learning.md section 14c)."""
+    About 70 min alone on 2 cores (runs A1, A1b, rerun as A1r, A1r2; docs/learning.md section 14c)."""
     algorithm, options = parse_config_arg(
         arg, options=("rft", "markers", "helpful", "benign_markers"))
     if "benign_markers" in options and "markers" not in options:
