@@ -10,9 +10,10 @@ drawn as dashed lines. Refusals are shown as the paper's verifier counts them an
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
+
+from plotting import plot_args  # tools/, the script's own folder
 
 PANELS = (
     (("format_rate/harmful", "format_rate/benign"), "format rate"),
@@ -49,17 +50,8 @@ def parse(arg: str) -> tuple[str, list[tuple[int, pathlib.Path]]]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="NAME=STEP:EVALDIR[,STEP:EVALDIR...]")
-    p.add_argument("--out", type=pathlib.Path, required=True)
-    args = p.parse_args()
+    args, plt = plot_args(__doc__, "NAME=STEP:EVALDIR[,STEP:EVALDIR...]")
     runs = [parse(a) for a in args.runs]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.8), sharey=True)
     base = read(runs[0][1][0][1])[1]
     for ax, (keys, title) in zip(axes, PANELS):

@@ -7,9 +7,10 @@ Each argument is NAME=WORKDIR (or a WORKDIR, named by its folder); reads WORKDIR
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
+
+from plotting import plot_args  # tools/, the script's own folder
 
 PANELS = (
     ("reward/format_rate/harmful", "format rate, harmful"),
@@ -29,16 +30,7 @@ def read(workdir: pathlib.Path) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="NAME=WORKDIR or WORKDIR")
-    p.add_argument("--out", type=pathlib.Path, required=True)
-    args = p.parse_args()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    args, plt = plot_args(__doc__, "NAME=WORKDIR or WORKDIR")
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
     for i, spec in enumerate(args.runs):
         name, _, path = spec.rpartition("=")
