@@ -54,10 +54,11 @@ def main() -> None:
     runs = [parse(a) for a in args.runs]
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.8), sharey=True)
     base = read(runs[0][1][0][1])[1]
+    curves = [(name, [step for step, _ in points], [read(folder)[0] for _, folder in points])
+              for name, points in runs]  # each results.json read once, not once a panel
     for ax, (keys, title) in zip(axes, PANELS):
-        for (name, points), color in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
-            rates = [read(folder)[0] for _, folder in points]
-            steps = [step for step, _ in points]
+        for (name, steps, rates), color in zip(curves,
+                                               plt.rcParams["axes.prop_cycle"].by_key()["color"]):
             for key, cls, style in zip(keys, CLASSES, ("-o", "--s")):
                 ax.plot(steps, [r[key] for r in rates], style, color=color, label=f"{name}, {cls}")
         for key, cls, style in zip(keys, CLASSES, ("-", "--")):
