@@ -44,16 +44,21 @@ def token_logprobs(
 
     The full logits are [B, T, V] float32 (GBs for a 150k vocabulary), so the
     sequence is cut into chunks of ``chunk_size`` positions and processed with
-    ``lax.map``; each chunk is ``jax.checkpoint``-ed, so the backward pass keeps
-    only the chunk inputs and recomputes one chunk's [B, chunk, V] logits at a
-    time. T need not be a multiple of ``chunk_size`` (padded internally).
+    ``lax.map``; with more than one chunk each is ``jax.checkpoint``-ed, so the
+    backward pass keeps only the chunk inputs and recomputes one chunk's
+    [B, chunk, V] logits at a time. A single chunk is not recomputed: its
+    softmax is kept for the backward, which starts with it, so the memory peak
+    is the same and a head product and an exp pass are saved.
+    T need not be a multiple of ``chunk_size`` (padded internally).
     A low-precision unembedding is upcast once to float32 (one extra copy, the
     size of its float32 gradient) so its gradient accumulates in float32.
 
     ``logp = z[target] - logsumexp(z)`` and ``entropy = -sum(p * log p)`` with
-    ``z = scaled_logits(...)`` (float32, divided by ``temperature``); the
-    entropy is not taken as ``logsumexp(z) - sum(p * z)``, which cancels
-    catastrophically in float32 for peaked distributions.
+    ``z = scaled_logits(...)`` (float32, divided by ``temperature``), both from
+    one exponential pass ``w = exp(z - max z)``: ``logsumexp(z) = max z + log s``
+    with ``s = sum w``, and ``entropy = log s - sum(w * (z - max z)) / s``, whose
+    two terms are small for a peaked distribution (not ``logsumexp(z) - sum(p * z)``,
+    which cancels catastrophically in float32 there).
 
     Args:
       hidden: [B, T, D] hidden states that predict ``targets``.
@@ -88,16 +93,20 @@ def token_logprobs(
     hidden = hidden.reshape(batch, num_chunks, chunk, dim).swapaxes(0, 1)
     targets = targets.reshape(batch, num_chunks, chunk).swapaxes(0, 1)
 
-    @jax.checkpoint
     def one_chunk(h: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         logits = scaled_logits(h, unembed, temperature=temperature, vocab_major=vocab_major)
         # log p(t) = z_t - logsumexp(z): its gradient is one pass over the logits (softmax
         # minus the target's one-hot), not log_softmax's materialised [.., V] log-probs.
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        target_logp = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0] - lse
-        logp_all = logits - lse[..., None]
-        return target_logp, -(jnp.exp(logp_all) * logp_all).sum(axis=-1)
+        shifted = logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))
+        weights = jnp.exp(shifted)
+        total = weights.sum(axis=-1)
+        log_total = jnp.log(total)
+        target_logp = jnp.take_along_axis(shifted, t[..., None], axis=-1)[..., 0] - log_total
+        entropy = log_total - (weights * shifted).sum(axis=-1) / total
+        return target_logp, entropy
 
+    if num_chunks > 1:
+        one_chunk = jax.checkpoint(one_chunk)
     logp, entropy = jax.lax.map(lambda xs: one_chunk(*xs), (hidden, targets))
 
     def unchunk(x: jax.Array) -> jax.Array:
