@@ -53,6 +53,7 @@ from alphaalign_jax.rundir import RunDirLock, RunDirLocked
 from alphaalign_jax.models import CheckpointError, from_pretrained, load_tokenizer
 from alphaalign_jax.models.flops import grouped_pass_flops, sampling_flops
 from alphaalign_jax.rewards import RewardFn, alphaalign_reward, policy_prompt, scored_response
+from alphaalign_jax.rewards.reward_fn import safety_config
 from alphaalign_jax.rl import algorithms, rft
 from alphaalign_jax.rl.advantages import group_advantages
 from alphaalign_jax.rl.critic import Critic
@@ -289,9 +290,7 @@ class Trainer:
                 encode_prompts=encode, width=c.rollout.max_new_tokens,
                 encode_completion=lambda text: self.tokenizer(
                     text, add_special_tokens=False)["input_ids"],
-                refusal_phrases=tuple(c.reward.refusal_phrases),
-                refusal_markers=tuple(c.reward.refusal_markers),
-                markers_on=c.reward.markers_on)
+                refusal=safety_config(c.reward).refusal)
         else:
             logging.warning("RFT warm start: sampling %d batches under the scaffold",
                             c.rft.rounds)

@@ -14,7 +14,7 @@ import pytest
 from alphaalign_jax import config as config_lib
 from alphaalign_jax import train as train_lib
 from alphaalign_jax.data.records import PromptRecord
-from alphaalign_jax.rewards import DEFAULT_REFUSAL_PHRASES, REFUSAL_MARKERS
+from alphaalign_jax.rewards import DEFAULT_REFUSAL_PHRASES, REFUSAL_MARKERS, SafetyRewardConfig
 from alphaalign_jax.rl import rft
 from alphaalign_jax.rl.losses import finalize, nll_loss
 from tests.tiny_run import make_tiny_policy, write_prompts
@@ -24,11 +24,12 @@ BENIGN = PromptRecord(prompt="How do I bake bread?", label="benign", source="t",
 SCAFFOLD = "Example. <safety_reasoning>Baking bread is an everyday cooking question.</safety_reasoning>"
 REFUSE = "<safety_reasoning>Bombs kill.</safety_reasoning><answer>\\boxed{Sorry, I can't comply}</answer>"
 COMPLY = "<safety_reasoning>Cooking is safe.</safety_reasoning><answer>Knead the dough.</answer>"
+PAPER_RULE = SafetyRewardConfig(refusal_phrases=DEFAULT_REFUSAL_PHRASES).refusal
 
 
 def select(records, texts, copy_words=4):
     return rft.select(records, texts, scaffold=SCAFFOLD, copy_words=copy_words,
-                      refusal_phrases=DEFAULT_REFUSAL_PHRASES)
+                      refusal=PAPER_RULE)
 
 
 def test_select_keeps_verified_distinct_uncopied_samples():
@@ -51,7 +52,7 @@ def test_copy_check_counts_words_not_characters():
     scaffold = "Ex. <safety_reasoning>It kills.</safety_reasoning><answer>\\boxed{Sorry, I can't comply}</answer>"
     assert select([HARMFUL], [[REFUSE]], copy_words=2)[0][0, 0]
     assert rft.select([HARMFUL], [[REFUSE]], scaffold=scaffold, copy_words=2,
-                      refusal_phrases=DEFAULT_REFUSAL_PHRASES)[0][0, 0]
+                      refusal=PAPER_RULE)[0][0, 0]
     # a shared 3-word run is below a 4-word threshold and is not a copy
     text = COMPLY.replace("Knead the dough.", "everyday cooking question")
     assert select([BENIGN], [[text]], copy_words=4)[0][0, 0]
@@ -61,8 +62,8 @@ def test_copy_check_counts_words_not_characters():
 def test_select_reads_the_decision_as_the_reward_does():
     verdict = COMPLY.replace("Knead the dough.", "This question is not safe.")
     pick = lambda record, scope: rft.select(
-        [record], [[verdict]], scaffold="", copy_words=4, refusal_phrases=DEFAULT_REFUSAL_PHRASES,
-        refusal_markers=REFUSAL_MARKERS, markers_on=scope)[0][0, 0]
+        [record], [[verdict]], scaffold="", copy_words=4, refusal=SafetyRewardConfig(
+            refusal_markers=REFUSAL_MARKERS, markers_on=scope).refusal)[0][0, 0]
     assert pick(HARMFUL, "all") and not pick(HARMFUL, "benign")  # not the template's refusal
     assert not pick(BENIGN, "all") and not pick(BENIGN, "benign")  # a refusal either way
 
@@ -167,7 +168,7 @@ def _load(path, width=32):
     return rft.load(str(path), response_prefix="<safety_reasoning>", width=width,
                     encode_prompts=lambda records: [[len(r.prompt)] for r in records],
                     encode_completion=lambda text: [ord(ch) for ch in text],
-                    refusal_phrases=DEFAULT_REFUSAL_PHRASES)
+                    refusal=PAPER_RULE)
 
 
 def test_targets_file_is_reverified_and_errors_name_the_line(tmp_path):

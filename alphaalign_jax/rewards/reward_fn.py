@@ -70,15 +70,20 @@ class AlphaAlignReward:
         return np.asarray(total, np.float32), metrics
 
 
+def safety_config(reward_config) -> SafetyRewardConfig:
+    """R_s's settings from a training config's ``reward`` section."""
+    r = reward_config
+    return SafetyRewardConfig(r_format=r.r_format, r_answer=r.r_answer,
+                              refusal_phrases=tuple(r.refusal_phrases),
+                              refusal_markers=tuple(r.refusal_markers), markers_on=r.markers_on,
+                              format_shaping=float(r.format_shaping))
+
+
 def alphaalign_reward(reward_config, default_rm_dir, mesh) -> AlphaAlignReward:
     """The method's reward from a training config's ``reward`` section (the helpfulness model
     read from ``rm_dir``, or the policy's own base model ``default_rm_dir`` as a judge)."""
     r = reward_config
-    safety = SafetyRewardConfig(r_format=r.r_format, r_answer=r.r_answer,
-                                refusal_phrases=tuple(r.refusal_phrases),
-                                refusal_markers=tuple(r.refusal_markers),
-                                markers_on=r.markers_on,
-                                format_shaping=float(r.format_shaping))
+    safety = safety_config(r)
     rm_kwargs = {} if r.helpfulness == "none" else dict(
         hf_dir=r.rm_dir or default_rm_dir, mesh=mesh, batch_size=r.rm_batch_size,
         max_length=r.rm_max_len)

@@ -65,6 +65,13 @@ class SafetyRewardConfig:
         object.__setattr__(self, "refusal_markers", tuple(self.refusal_markers))
         markers_for("benign", self.refusal_markers, self.markers_on)  # validates the scope
 
+    def refusal(self, label: str, completion: str) -> float:
+        """V_r of ``completion`` (response prefix included) on a prompt labelled ``label``:
+        the phrases, and the markers where ``markers_on`` applies them. The one reading of
+        the refuse/comply decision that the reward and the RFT filter share."""
+        return refusal_verifier(visible_answer(completion), self.refusal_phrases,
+                                markers_for(label, self.refusal_markers, self.markers_on))
+
 
 class SafetyScore(NamedTuple):
     """V_f, V_r and R_s of one completion."""
@@ -89,8 +96,7 @@ def safety_reward(
     if label not in LABELS:
         raise ValueError(f"label must be one of {LABELS}, got {label!r}")
     v_format = format_verifier(completion)
-    v_refusal = refusal_verifier(visible_answer(completion), cfg.refusal_phrases,
-                                 markers_for(label, cfg.refusal_markers, cfg.markers_on))
+    v_refusal = cfg.refusal(label, completion)
     sign = 1.0 if label == "harmful" else -1.0
     format_term = v_format
     if cfg.format_shaping:

@@ -31,6 +31,7 @@ import numpy as np
 from alphaalign_jax.config import ConfigValueError
 from alphaalign_jax.data.records import PromptRecord
 from alphaalign_jax.rl.step import LossSettings, NonFiniteError
+from alphaalign_jax.rewards.reward_fn import safety_config
 from alphaalign_jax.rewards.verifiers import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
@@ -38,8 +39,6 @@ from alphaalign_jax.rewards.verifiers import (
     REASONING_CLOSE,
     REASONING_OPEN,
     format_verifier,
-    is_refusal,
-    markers_for,
 )
 
 _WORD = re.compile(r"\w+")
@@ -47,6 +46,9 @@ _WORD = re.compile(r"\w+")
 _FIXED = re.compile("|".join(re.escape(x) for x in (
     REASONING_OPEN, REASONING_CLOSE, ANSWER_OPEN, ANSWER_CLOSE,
     BOXED_OPEN + "Sorry, I can't comply}")))
+# ``(label, completion) -> V_r``: how a completion's decision is read, as the reward reads it
+# (SafetyRewardConfig.refusal).
+Refusal = Callable[[str, str], float]
 
 
 def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
@@ -59,21 +61,20 @@ def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return grams
 
 
+
 class Verdict(NamedTuple):
     keep: bool
     reason: str  # "kept" | "format" | "decision" | "copied" | "duplicate"
 
 
 def judge(record: PromptRecord, text: str, seen: set[str], *, scaffold_ngrams: set,
-          copy_words: int, refusal_phrases: Sequence[str],
-          refusal_markers: Sequence[str] = (), markers_on: str = "all") -> Verdict:
+          copy_words: int, refusal: Refusal) -> Verdict:
     """Whether one completion (response prefix included) is a training target; ``seen`` holds
     the completions already kept for this prompt and is updated when this one is kept. The
-    decision is read as the reward reads it (``markers_on``: ``markers_for``)."""
+    decision is read as the reward reads it (``refusal``: ``SafetyRewardConfig.refusal``)."""
     if format_verifier(text) != 1.0:
         return Verdict(False, "format")
-    markers = markers_for(record.label, refusal_markers, markers_on)
-    if is_refusal(text, refusal_phrases, markers) != (record.label == "harmful"):
+    if (refusal(record.label, text) == 1.0) != (record.label == "harmful"):
         return Verdict(False, "decision")
     if scaffold_ngrams and word_ngrams(text, copy_words) & scaffold_ngrams:
         return Verdict(False, "copied")
@@ -84,8 +85,7 @@ def judge(record: PromptRecord, text: str, seen: set[str], *, scaffold_ngrams: s
 
 
 def select(records: Sequence[PromptRecord], texts: Sequence[Sequence[str]], *, scaffold: str,
-           copy_words: int, refusal_phrases: Sequence[str], refusal_markers: Sequence[str] = (),
-           markers_on: str = "all") -> tuple[np.ndarray, dict[str, int]]:
+           copy_words: int, refusal: Refusal) -> tuple[np.ndarray, dict[str, int]]:
     """[P, G] bool mask of the rollouts to train on, and how many fell to each reason."""
     scaffold_ngrams = word_ngrams(scaffold, copy_words) if scaffold else set()
     keep = np.zeros((len(records), len(texts[0]) if texts else 0), bool)
@@ -94,8 +94,7 @@ def select(records: Sequence[PromptRecord], texts: Sequence[Sequence[str]], *, s
         seen: set[str] = set()
         for g, text in enumerate(group):
             verdict = judge(record, text, seen, scaffold_ngrams=scaffold_ngrams,
-                            copy_words=copy_words, refusal_phrases=refusal_phrases,
-                            refusal_markers=refusal_markers, markers_on=markers_on)
+                            copy_words=copy_words, refusal=refusal)
             keep[p, g] = verdict.keep
             counts[verdict.reason] += 1
     return keep, counts
@@ -163,6 +162,7 @@ def collect(c: ml_collections.ConfigDict, next_records: Callable[[], list[Prompt
     """
     r = c.rft
     scaffold = r.system_prompt or c.system_prompt
+    refusal = safety_config(c.reward).refusal
     group = c.rollout.num_samples
     targets, kept, counts = [], [], {}
     for round_index in range(r.rounds):
@@ -171,9 +171,7 @@ def collect(c: ml_collections.ConfigDict, next_records: Callable[[], list[Prompt
                    .generate_state(1)[0] >> 1)
         rollouts, texts = sample(records, seed, scaffold, r.temperature)
         keep, round_counts = select(records, texts, scaffold=scaffold, copy_words=r.copy_words,
-                                    refusal_phrases=tuple(c.reward.refusal_phrases),
-                                    refusal_markers=tuple(c.reward.refusal_markers),
-                                    markers_on=c.reward.markers_on)
+                                    refusal=refusal)
         counts = {k: counts.get(k, 0) + v for k, v in round_counts.items()}
         train_ids = encode(records)
         for p, g in zip(*np.nonzero(keep)):
@@ -192,8 +190,7 @@ def collect(c: ml_collections.ConfigDict, next_records: Callable[[], list[Prompt
 
 def load(path: str, *, response_prefix: str, encode_prompts: Callable[[list[PromptRecord]], list],
          encode_completion: Callable[[str], list[int]], width: int,
-         refusal_phrases: Sequence[str], refusal_markers: Sequence[str] = (),
-         markers_on: str = "all") -> Collected:
+         refusal: Refusal) -> Collected:
     """A previous warm start's kept samples (its ``rft_targets.jsonl``) as targets, so a
     fine-tuning setting can be measured without sampling again. Every line is verified again
     (tags, decision) and a line that fails, or is not such a row, is an error naming it.
@@ -215,8 +212,7 @@ def load(path: str, *, response_prefix: str, encode_prompts: Callable[[list[Prom
             raise ConfigValueError(f"config.rft.targets_file: {where}: the completion does not "
                                    f"start with rollout.response_prefix {response_prefix!r}")
         if not judge(record, text, set(), scaffold_ngrams=set(), copy_words=1,
-                     refusal_phrases=refusal_phrases, refusal_markers=refusal_markers,
-                     markers_on=markers_on).keep:
+                     refusal=refusal).keep:
             raise ConfigValueError(f"config.rft.targets_file: {where}: the verifiers reject "
                                    "this completion (tags in order, a refusal exactly on "
                                    "harmful prompts)")
