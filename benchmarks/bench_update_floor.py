@@ -48,7 +48,7 @@ def matmul_skeleton(cfg, prompt_len: int, group: int, completion_len: int):
     """``loss(weights, prompt, completions)``: the grouped pass's matmuls alone, and random
     weights and inputs of its shapes. Scales keep the values O(1) (no overflow, no denormals)."""
     d, f, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-    kv, rep, v = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.vocab_size
+    kv, rep, vocab = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.vocab_size
     rng = np.random.default_rng(0)
 
     def normal(*shape, fan_in):
@@ -58,7 +58,7 @@ def matmul_skeleton(cfg, prompt_len: int, group: int, completion_len: int):
                    v=normal(d, kv * hd, fan_in=d), o=normal(kv * rep * hd, d, fan_in=d),
                    gate=normal(d, f, fan_in=d), up=normal(d, f, fan_in=d),
                    down=normal(f, d, fan_in=f)) for _ in range(cfg.num_layers)]
-    weights = dict(layers=layers, head=normal(d, v, fan_in=d))
+    weights = dict(layers=layers, head=normal(d, vocab, fan_in=d))
     c = completion_len - 1  # the completion tokens that are inputs (the grouped pass)
 
     def attend(q, k, v):  # q [N, kv, Q, hd], k [N, kv, hd, S], v [N, kv, S, hd] -> [.., Q, hd]
@@ -69,14 +69,14 @@ def matmul_skeleton(cfg, prompt_len: int, group: int, completion_len: int):
         """x [batch * tokens, d]; attention over the row's own tokens (and ``prefix``)."""
         q = (x @ w["q"]).reshape(batch, kv, rep * tokens, hd)
         k = (x @ w["k"]).reshape(batch, kv, hd, tokens)
-        vv = (x @ w["v"]).reshape(batch, kv, tokens, hd)
-        out = attend(q, k, vv)
+        v = (x @ w["v"]).reshape(batch, kv, tokens, hd)
+        out = attend(q, k, v)
         if prefix is not None:
             pk, pv = prefix
             shared = attend(q.reshape(1, kv, batch * rep * tokens, hd), pk, pv)
             out = out + shared.reshape(out.shape)
         x = x + out.reshape(batch * tokens, kv * rep * hd) @ w["o"]
-        return x + (x @ w["gate"] + x @ w["up"]) @ w["down"], (k, vv)
+        return x + (x @ w["gate"] + x @ w["up"]) @ w["down"], (k, v)
 
     def loss(weights, prompt, completions):
         x, caches = prompt, []

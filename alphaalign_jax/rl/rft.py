@@ -61,7 +61,6 @@ def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return grams
 
 
-
 class Verdict(NamedTuple):
     keep: bool
     reason: str  # "kept" | "format" | "decision" | "copied" | "duplicate"
