@@ -17,6 +17,7 @@ trusted (``verify_manifest``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pathlib
@@ -93,7 +94,8 @@ def param_dict(model: Transformer) -> dict:
 
 
 def model_config_item(config: ModelConfig, tokenizer_dir: str | None) -> dict[str, Any]:
-    return {"hf_config": config.hf_config, "tokenizer_dir": tokenizer_dir}
+    return {"hf_config": config.hf_config, "scan_layers": config.scan_layers,
+            "tokenizer_dir": tokenizer_dir}
 
 
 def save_model(path: str | pathlib.Path, model: Transformer, *,
@@ -128,7 +130,9 @@ def read_model_config(path: str | pathlib.Path) -> tuple[ModelConfig, pathlib.Pa
         raise CheckpointError(f"{path}: not an alphaalign checkpoint (no model_config item)")
     item = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
         path, ocp.args.Composite(model_config=ocp.args.JsonRestore()))["model_config"]
-    config = ModelConfig.from_hf_dict(item["hf_config"], source=f"{path}/model_config")
+    config = dataclasses.replace(
+        ModelConfig.from_hf_dict(item["hf_config"], source=f"{path}/model_config"),
+        scan_layers=bool(item.get("scan_layers", False)))
     tok = item.get("tokenizer_dir")
     tok_path = None if tok is None else (path / tok if not pathlib.Path(tok).is_absolute()
                                          else pathlib.Path(tok))
@@ -168,7 +172,7 @@ def config_diff(a: ModelConfig, b: ModelConfig) -> str:
     """The architecture fields in which ``a`` and ``b`` differ, for error messages."""
     fields = [f for f in ("model_type", "vocab_size", "hidden_size", "intermediate_size",
                           "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                          "tie_word_embeddings", "rope")
+                          "tie_word_embeddings", "rope", "scan_layers")
               if getattr(a, f) != getattr(b, f)]
     return ", ".join(f"{f}: {getattr(a, f)} != {getattr(b, f)}" for f in fields) or "config differs"
 
@@ -227,6 +231,12 @@ class TrainCheckpoints:
             found, _ = read_model_config(self.step_dir(step))
         except Exception:  # a damaged checkpoint: restore_latest verifies and sets it aside
             return
+        if found.scan_layers != self.model_config.scan_layers:
+            raise CheckpointError(
+                f"{self.step_dir(step)}: checkpoint's layers are "
+                f"{'stacked' if found.scan_layers else 'one a layer'}, but "
+                f"config.model.scan_layers={self.model_config.scan_layers}; resume with "
+                f"--config.model.scan_layers={found.scan_layers}")
         if found.hf_config != self.model_config.hf_config:
             raise CheckpointError(
                 f"{self.step_dir(step)}: checkpoint is of a different model than "

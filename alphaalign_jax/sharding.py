@@ -28,6 +28,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # logical axis name -> mesh axes (None: replicated)
 LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {
     "batch": ("data", "fsdp"),
+    "layers": None,  # scan_layers' stacking axis: each chip holds its shard of every layer
     "seq": None,
     "cache_seq": None,
     "vocab": ("tensor",),

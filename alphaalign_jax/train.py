@@ -140,7 +140,8 @@ class Trainer:
         self.hf_dir = pathlib.Path(c.model.hf_dir or assets.fetch_smollm2(quiet=True)).absolute()
         self.tokenizer = load_tokenizer(self.hf_dir, "config.model.hf_dir")
         policy = from_pretrained(self.hf_dir, dtype=c.model.dtype, mesh=self.mesh,
-                                 param_dtype=c.model.param_dtype)
+                                 param_dtype=c.model.param_dtype,
+                                 scan_layers=bool(c.model.scan_layers))
         self.model_config = policy.config
         self.checkpoints = TrainCheckpoints(
             self.workdir / "checkpoints", model_config=self.model_config, hf_dir=self.hf_dir,

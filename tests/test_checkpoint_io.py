@@ -28,9 +28,11 @@ def _read_all(hf_dir):
     return load_file(hf_dir / "model.safetensors")
 
 
-def test_hf_roundtrip_is_bit_exact_and_loads_in_transformers(tiny_hf, tmp_path):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_hf_roundtrip_is_bit_exact_and_loads_in_transformers(tiny_hf, tmp_path, scan_layers):
     kind, src, hf_model = tiny_hf
-    out = save_pretrained(from_pretrained(src), tmp_path / "export", max_shard_bytes=40_000)
+    out = save_pretrained(from_pretrained(src, scan_layers=scan_layers), tmp_path / "export",
+                          max_shard_bytes=40_000)
     assert (out / "model.safetensors.index.json").exists()  # sharded export path exercised
     original, exported = _read_all(src), _read_all(out)
     assert set(exported) == set(original) - ({"lm_head.weight"} if kind == "tied" else set())
@@ -84,6 +86,24 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
         checkpoint.load_model(ckpt, expect_config=other)
     with pytest.raises(CheckpointError, match="not an alphaalign checkpoint"):
         checkpoint.load_model(tmp_path / "a")
+
+
+def test_a_scanned_checkpoint_keeps_its_layout_and_a_run_refuses_the_other(tmp_path):
+    make_tiny_hf("qwen2", tmp_path / "hf")
+    scanned = from_pretrained(tmp_path / "hf", scan_layers=True)
+    run = checkpoint.TrainCheckpoints(tmp_path / "run", model_config=scanned.config,
+                                      hf_dir=tmp_path / "hf", max_to_keep=1, async_save=False)
+    checkpoint.save_model(run.step_dir(3), scanned)
+    loaded = checkpoint.load_model(run.step_dir(3))
+    assert loaded.config.scan_layers and loaded.layers.mlp.up_proj.kernel.shape[0] == 2
+    ids, mask = left_padded_batch(np.random.default_rng(0), 256, [7, 4])
+    np.testing.assert_array_equal(np.asarray(loaded(jnp.asarray(ids), jnp.asarray(mask))),
+                                  np.asarray(scanned(jnp.asarray(ids), jnp.asarray(mask))))
+    run.check_model(3)
+    plain = checkpoint.TrainCheckpoints(tmp_path / "run", model_config=from_pretrained(
+        tmp_path / "hf").config, hf_dir=tmp_path / "hf", max_to_keep=1, async_save=False)
+    with pytest.raises(CheckpointError, match="stacked, but config.model.scan_layers=False"):
+        plain.check_model(3)
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ equals a full forward over every [prompt | completion] row: log-probs, entropies
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,9 +39,22 @@ def full_rows(prompt_ids, prompt_mask, completion_ids, completion_mask):
     return jnp.asarray(tokens), jnp.asarray(mask)
 
 
-@pytest.mark.parametrize("remat", [False, True])
-def test_grouped_pass_equals_full_forward_with_gradients(remat):
+def stacked_layers(state) -> dict:
+    """A one-block-a-layer state as a pure dict in the ``scan_layers`` layout."""
+    tree = nnx.to_pure_dict(state)
+    layers = tree.pop("layers")
+    return {**tree, "layers": jax.tree.map(lambda *x: jnp.stack(x),
+                                           *(layers[i] for i in sorted(layers)))}
+
+
+@pytest.mark.parametrize("remat, scan_layers", [(False, False), (True, False), (False, True),
+                                                (True, True)])
+def test_grouped_pass_equals_full_forward_with_gradients(remat, scan_layers):
+    """The reference is always the full forward with one block a layer."""
     graphdef, params, rest = nnx.split(Transformer(CFG, rngs=nnx.Rngs(1)), nnx.Param, ...)
+    # The same initialisation in either layout (stack_blocks stacks the same blocks).
+    grouped_model = nnx.split(Transformer(dataclasses.replace(CFG, scan_layers=scan_layers),
+                                          rngs=nnx.Rngs(1)), nnx.Param, ...)
     prompt_ids, prompt_mask, completion_ids, completion_mask = ragged_batch()
     tokens, mask = full_rows(prompt_ids, prompt_mask, completion_ids, completion_mask)
     weights = jnp.asarray(np.random.default_rng(2).normal(size=completion_ids.shape)
@@ -51,29 +66,32 @@ def test_grouped_pass_equals_full_forward_with_gradients(remat):
 
     def grouped(p):
         logp, ent = grouped_completion_logprobs(
-            nnx.merge(graphdef, p, rest), jnp.asarray(prompt_ids), jnp.asarray(prompt_mask),
-            jnp.asarray(completion_ids), G, 0.7, 4, remat=remat)
+            nnx.merge(grouped_model[0], p, grouped_model[2]), jnp.asarray(prompt_ids),
+            jnp.asarray(prompt_mask), jnp.asarray(completion_ids), G, 0.7, 4, remat=remat)
         return (logp * weights).sum(), (logp, ent)
 
     (_, (logp_f, ent_f)), grad_f = jax.value_and_grad(full, has_aux=True)(params)
-    (_, (logp_g, ent_g)), grad_g = jax.value_and_grad(grouped, has_aux=True)(params)
+    (_, (logp_g, ent_g)), grad_g = jax.value_and_grad(grouped, has_aux=True)(grouped_model[1])
     real = completion_mask
     np.testing.assert_allclose(np.asarray(logp_g)[real], np.asarray(logp_f)[real], atol=2e-5)
     np.testing.assert_allclose(np.asarray(ent_g)[real], np.asarray(ent_f)[real], atol=2e-5)
-    for a, b in zip(jax.tree.leaves(grad_g), jax.tree.leaves(grad_f)):
+    grad_f = stacked_layers(grad_f) if scan_layers else nnx.to_pure_dict(grad_f)
+    assert jax.tree.structure(nnx.to_pure_dict(grad_g)) == jax.tree.structure(grad_f)
+    for a, b in zip(jax.tree.leaves(nnx.to_pure_dict(grad_g)), jax.tree.leaves(grad_f)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-4)
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grad_f)) > 1e-3  # not vacuous
 
 
 
-def one_update(completion_pad: int = 0, *, remat: bool = False,
+def one_update(completion_pad: int = 0, *, remat: bool = False, scan_layers: bool = False,
                aggregation: str = "token_mean", adam: bool = True):
     """One optimizer step (micro-batch scan, loss, Adam or plain SGD) on the ragged batch,
     with ``completion_pad`` masked columns appended to every completion."""
     import optax
 
     from alphaalign_jax.rl.step import LossSettings, UpdateBatch, train_step
-    graphdef, params, rest = nnx.split(Transformer(CFG, rngs=nnx.Rngs(1)), nnx.Param, ...)
+    graphdef, params, rest = nnx.split(Transformer(dataclasses.replace(
+        CFG, scan_layers=scan_layers), rngs=nnx.Rngs(1)), nnx.Param, ...)
     prompt_ids, prompt_mask, completion_ids, completion_mask = ragged_batch()
     rng = np.random.default_rng(3)
     rows = completion_ids.shape
@@ -105,12 +123,15 @@ def assert_same_update(a, b, atol=1e-6):
     assert float(metrics_b["grad_norm"]) > 1e-3
 
 
-def test_the_update_with_rematerialised_blocks_equals_the_plain_one():
+def test_the_update_with_rematerialised_or_scanned_blocks_equals_the_plain_one():
     # SGD, as below: with Adam a gradient element near its eps (~1e-8) gets a step of any size
     # from summation-order noise (seen: 1.7e-6 on one of 2048 elements on an AVX-512 host).
     new_params, _, metrics = one_update(remat=True, adam=False)
     plain_params, _, plain_metrics = one_update(remat=False, adam=False)
     assert_same_update((new_params, metrics), (plain_params, plain_metrics))
+    scanned_params, _, scanned_metrics = one_update(remat=True, scan_layers=True, adam=False)
+    assert_same_update((nnx.to_pure_dict(scanned_params), scanned_metrics),
+                       (stacked_layers(plain_params), plain_metrics))
 
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "dr_grpo"])
@@ -123,3 +144,22 @@ def test_completion_columns_past_the_longest_change_nothing(aggregation):
     wide_params, _, wide = one_update(10, aggregation=aggregation, adam=False)
     narrow_params, _, narrow = one_update(0, aggregation=aggregation, adam=False)
     assert_same_update((narrow_params, narrow), (wide_params, wide))
+
+
+def test_a_scanned_update_compiles_one_block_whatever_the_depth():
+    """The update's gradient program: with scan_layers its matmuls do not grow with the
+    number of layers (one block, looped), with one block a layer they do."""
+    def matmuls(num_layers: int, scan_layers: bool) -> int:
+        cfg = dataclasses.replace(CFG, num_layers=num_layers, scan_layers=scan_layers)
+        graphdef, params, rest = nnx.split(Transformer(cfg, rngs=nnx.Rngs(1)), nnx.Param, ...)
+        prompt_ids, prompt_mask, completion_ids, _ = map(jnp.asarray, ragged_batch())
+
+        def loss(p):
+            return grouped_completion_logprobs(nnx.merge(graphdef, p, rest), prompt_ids,
+                                               prompt_mask, completion_ids, G, 1.0, 4,
+                                               remat=True)[0].sum()
+
+        return jax.jit(jax.grad(loss)).lower(params).as_text().count("dot_general")
+
+    assert matmuls(2, True) == matmuls(6, True)
+    assert matmuls(6, False) > matmuls(2, False) > matmuls(2, True)

@@ -26,9 +26,10 @@ def torch_logits(model, ids, mask):
     return out.logits.numpy()
 
 
-def test_tiny_family_logit_parity(tiny_hf):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_tiny_family_logit_parity(tiny_hf, scan_layers):
     kind, path, hf_model = tiny_hf
-    model = from_pretrained(path)
+    model = from_pretrained(path, scan_layers=scan_layers)
     ids, mask = left_padded_batch(np.random.default_rng(0), 256, [23, 9, 1, 17])
     ours = np.asarray(nnx.jit(lambda m, i, a: m(i, a))(model, jnp.asarray(ids), jnp.asarray(mask)))
     ref = torch_logits(hf_model, ids, mask)
@@ -38,11 +39,12 @@ def test_tiny_family_logit_parity(tiny_hf):
     assert (ours.argmax(-1) == ref.argmax(-1))[real].all()
 
 
-def test_cached_prefill_and_decode_match_full_forward(tmp_path):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_cached_prefill_and_decode_match_full_forward(tmp_path, scan_layers):
     from tests.conftest import make_tiny_hf
 
     make_tiny_hf("qwen2", tmp_path)
-    model = from_pretrained(tmp_path)
+    model = from_pretrained(tmp_path, scan_layers=scan_layers)
     ids, mask = left_padded_batch(np.random.default_rng(1), 256, [12, 7])
     full = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
     prompt_len, max_len = 8, 16

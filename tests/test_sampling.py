@@ -1,10 +1,10 @@
 """The rollout sampler on a tiny random Llama with a tiny byte-level BPE tokenizer.
 
 Checks: greedy == HF ``generate(do_sample=False)`` (batched, left-padded, and one
-prompt at a time); log-probs == the trainer's teacher-forced log-probs; token
+prompt at a time; also with ``scan_layers``); log-probs == the trainer's teacher-forced log-probs; token
 frequencies vs softmax(logits / T) (chi-square), top-k/top-p supports; stop
 strings however tokenized; EOS; errors; no recompiles within a bucket; the same
-greedy output on an 8-device mesh.
+greedy output on an 8-device mesh (one block a layer, and scanned).
 """
 
 from __future__ import annotations
@@ -126,6 +126,13 @@ def test_greedy_matches_hf_generate_batched_and_single(tiny):
         assert r.stop_reason == ("eos" if eos else "length")
         assert r.completion_mask.sum() == r.length
         assert not r.completion_ids[r.length:].any() and not r.logprobs[r.length:].any()
+
+
+def test_scanned_layers_sample_what_hf_generates(tiny):
+    path, tokenizer, hf_model, _, _ = tiny
+    scanned = Sampler(from_pretrained(path, scan_layers=True), tokenizer)
+    ours = scanned.generate([chat(p) for p in PROMPTS], max_new_tokens=24, greedy=True)
+    assert completions(ours) == hf_greedy(hf_model, tokenizer, PROMPTS, 24)
 
 
 def test_prompt_layout_is_what_teacher_forcing_needs(tiny):
@@ -389,6 +396,12 @@ def test_8_device_mesh_gives_the_same_greedy_output(tiny):
             [[{{"role": "user", "content": p}}] for p in prompts], max_new_tokens=16, greedy=True)
         assert (out.completion_ids == np.load("{path}/single.npy")).all()
         diff = np.abs(out.logprobs - np.load("{path}/single_logp.npy")).max()
+        assert diff < 1e-4, diff
+        scanned = from_pretrained("{path}", mesh=mesh, scan_layers=True)
+        out = Sampler(scanned, tok, mesh=mesh).generate(
+            [[{{"role": "user", "content": p}}] for p in prompts], max_new_tokens=16, greedy=True)
+        assert (out.completion_ids == np.load("{path}/single.npy")).all()
+        diff = max(diff, np.abs(out.logprobs - np.load("{path}/single_logp.npy")).max())
         assert diff < 1e-4, diff
         print("MESH_OK", diff)
     """)

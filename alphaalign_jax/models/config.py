@@ -59,6 +59,9 @@ class ModelConfig:
     o_bias: bool = False
     num_labels: int = 0  # > 0 for a sequence-classification (reward model) head
     pad_token_id: int | None = None
+    # Layout, not architecture: the blocks' parameters (and KV caches) stacked on a leading
+    # "layers" axis and run as one lax.scan, so compile time does not grow with depth.
+    scan_layers: bool = False
     hf_config: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property

@@ -83,6 +83,14 @@ def hf_name(path: Path) -> tuple[str, bool]:
     raise KeyError(f"no Hugging Face name for parameter {'/'.join(names)}")
 
 
+def layer_hf_names(path: Path, config: ModelConfig) -> list[tuple[str, bool]] | None:
+    """For a ``scan_layers`` parameter (one a layer, stacked), each layer's ``hf_name``;
+    None for any other parameter."""
+    if not (config.scan_layers and path[0] == "layers"):
+        return None
+    return [hf_name(("layers", i) + tuple(path[1:])) for i in range(config.num_layers)]
+
+
 def _param_paths(abstract_state) -> Iterator[tuple[Path, nnx.Variable]]:
     for path, var in nnx.to_flat_state(abstract_state):
         if isinstance(var, nnx.Param):
@@ -162,15 +170,19 @@ def param_shardings(model_or_state, mesh: Mesh):
 
 def from_pretrained(hf_dir: str | pathlib.Path, dtype: str | jnp.dtype = "float32",
                     mesh: Mesh | None = None, *, param_dtype: str | jnp.dtype | None = None,
-                    config: ModelConfig | None = None) -> Transformer:
+                    config: ModelConfig | None = None, scan_layers: bool | None = None
+                    ) -> Transformer:
     """Load an HF model directory as our :class:`Transformer`.
 
     ``dtype`` is the compute dtype and, unless ``param_dtype`` is given, also
     the parameter dtype. With a ``mesh``, every tensor is placed on its
-    sharding as it is read.
+    sharding as it is read. ``scan_layers`` (if given) sets the layout
+    (``ModelConfig.scan_layers``): the layers' tensors are then stacked as they are read.
     """
     hf_dir = pathlib.Path(hf_dir)
     config = config or ModelConfig.from_pretrained(hf_dir)
+    if scan_layers is not None:
+        config = dataclasses.replace(config, scan_layers=scan_layers)
     dtype = _resolve_dtype(dtype)
     param_dtype = _resolve_dtype(param_dtype or dtype)
     reader = SafetensorsReader(hf_dir)
@@ -180,17 +192,21 @@ def from_pretrained(hf_dir: str | pathlib.Path, dtype: str | jnp.dtype = "float3
     flat_shardings = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
     expected: set[str] = set()
     for path, var in _param_paths(state):
-        name, transpose = hf_name(path)
-        expected.add(name)
-        if name not in reader:
-            raise CheckpointError(f"{hf_dir}: tensor '{name}' is missing from the checkpoint")
-        value = reader.get(name)
-        if transpose:
-            value = value.T
-        if value.shape != var.shape:
-            raise CheckpointError(f"{hf_dir}: tensor '{name}' has shape {tuple(value.shape)}, "
-                                  f"but the config needs {tuple(var.shape)}")
-        value = np.asarray(value).astype(param_dtype)
+        layers = layer_hf_names(path, config)
+        values = []
+        for name, transpose in layers or [hf_name(path)]:
+            expected.add(name)
+            if name not in reader:
+                raise CheckpointError(f"{hf_dir}: tensor '{name}' is missing from the checkpoint")
+            value = reader.get(name)
+            if transpose:
+                value = value.T
+            shape = var.shape[1:] if layers else var.shape
+            if value.shape != shape:
+                raise CheckpointError(f"{hf_dir}: tensor '{name}' has shape "
+                                      f"{tuple(value.shape)}, but the config needs {tuple(shape)}")
+            values.append(np.asarray(value).astype(param_dtype))
+        value = np.stack(values) if layers else values[0]
         target = flat_shardings.get(path)
         var.set_value(jax.device_put(value, target) if target is not None
                       else jnp.asarray(value))
@@ -231,11 +247,13 @@ def hf_state_dict(model: Transformer, dtype: str | jnp.dtype | None = None) -> d
     """Our parameters as an HF-named dict of host NumPy arrays."""
     out = {}
     for path, var in _param_paths(nnx.state(model)):
-        name, transpose = hf_name(path)
         value = np.asarray(jax.device_get(var[...]))
         if dtype is not None:
             value = value.astype(_resolve_dtype(dtype))
-        out[name] = np.ascontiguousarray(value.T if transpose else value)
+        layers = layer_hf_names(path, model.config)
+        for i, (name, transpose) in enumerate(layers or [hf_name(path)]):
+            one = value[i] if layers else value
+            out[name] = np.ascontiguousarray(one.T if transpose else one)
     return out
 
 

@@ -39,7 +39,8 @@ Array = jax.Array
 
 
 class KVCache(NamedTuple):
-    """Per-layer key/value buffers laid out for one-token decoding.
+    """Key/value buffers laid out for one-token decoding: a tuple of one buffer a layer, or
+    for a model with ``scan_layers`` one buffer with a leading ``layers`` axis.
 
     Keys are stored transposed, ``[batch, num_kv_heads, head_dim, max_len]``, and
     values as ``[batch, num_kv_heads, max_len, head_dim]``: both attention matmuls
@@ -49,18 +50,25 @@ class KVCache(NamedTuple):
     more than the attention itself on CPU (45 ms a step at 32 rows x 384 slots).
     """
 
-    keys: tuple[Array, ...]
-    values: tuple[Array, ...]
+    keys: tuple[Array, ...] | Array
+    values: tuple[Array, ...] | Array
 
     KEY_AXES = ("batch", "kv_heads", "head_dim", "cache_seq")
     VALUE_AXES = ("batch", "kv_heads", "cache_seq", "head_dim")
 
     @property
+    def stacked(self) -> bool:
+        return not isinstance(self.values, tuple)
+
+    @property
     def max_len(self) -> int:
-        return self.values[0].shape[self.VALUE_AXES.index("cache_seq")]
+        return (self.values if self.stacked else self.values[0]).shape[-2]
 
     def map_buffers(self, fn: Callable[[Array, tuple[str, ...]], Array]) -> KVCache:
         """``fn(buffer, logical_axes)`` applied to every buffer (to pad, repeat or place them)."""
+        if self.stacked:
+            return KVCache(fn(self.keys, ("layers",) + self.KEY_AXES),
+                           fn(self.values, ("layers",) + self.VALUE_AXES))
         return KVCache(tuple(fn(k, self.KEY_AXES) for k in self.keys),
                        tuple(fn(v, self.VALUE_AXES) for v in self.values))
 
@@ -81,6 +89,9 @@ class SharedPrefix(NamedTuple):
 def init_cache(config: ModelConfig, batch_size: int, max_len: int,
                dtype: jnp.dtype = jnp.float32) -> KVCache:
     b, kv, d, n = batch_size, config.num_kv_heads, config.head_dim, config.num_layers
+    if config.scan_layers:
+        return KVCache(jnp.zeros((n, b, kv, d, max_len), dtype),
+                       jnp.zeros((n, b, kv, max_len, d), dtype))
     return KVCache(tuple(jnp.zeros((b, kv, d, max_len), dtype) for _ in range(n)),
                    tuple(jnp.zeros((b, kv, max_len, d), dtype) for _ in range(n)))
 
@@ -292,8 +303,9 @@ class Transformer(nnx.Module):
         self.embed_tokens = nnx.Param(
             (jax.random.normal(rngs.params(), (config.vocab_size, config.hidden_size)) * 0.02
              ).astype(param_dtype), logical_axes=("vocab", "embed"))
-        self.layers = nnx.List([Block(config, param_dtype=param_dtype, rngs=rngs)
-                                for _ in range(config.num_layers)])
+        blocks = [Block(config, param_dtype=param_dtype, rngs=rngs)
+                  for _ in range(config.num_layers)]
+        self.layers = stack_blocks(blocks) if config.scan_layers else nnx.List(blocks)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
         self.score = nnx.data(
             _param(rngs, (config.hidden_size, config.num_labels), ("embed", "classes"), param_dtype)
@@ -341,6 +353,9 @@ class Transformer(nnx.Module):
             mask = causal[None] & attention_mask.astype(jnp.bool_)[:, None, :]
         x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
         rope = rope_tables(positions, self.inv_freq[...], self.dtype)
+        if self.config.scan_layers:
+            x, cache = self._scanned_blocks(x, rope, mask, cache, cache_index, prefix, remat)
+            return self.norm(x), cache
         new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
@@ -352,6 +367,24 @@ class Transformer(nnx.Module):
                 new_values.append(layer_cache[1])
         x = self.norm(x)
         return x, (KVCache(tuple(new_keys), tuple(new_values)) if cache is not None else None)
+
+    def _scanned_blocks(self, x, rope, mask, cache: KVCache | None, cache_index,
+                        prefix: SharedPrefix | None, remat: bool):
+        """The blocks as one ``lax.scan`` over the stacked layers (and their stacked caches):
+        one block in the program, whatever the depth. ``remat`` checkpoints the scan's body."""
+        graphdef, state = nnx.split(self.layers)
+
+        def body(x, layer):
+            params, kv, prefix_kv = layer
+            shared = None if prefix_kv is None else (*prefix_kv, prefix.mask)
+            return nnx.merge(graphdef, params)(x, rope, mask, kv, cache_index, shared)
+
+        if remat:
+            body = jax.checkpoint(body, prevent_cse=False)
+        kv = None if cache is None else (cache.keys, cache.values)
+        prefix_kv = None if prefix is None else (prefix.cache.keys, prefix.cache.values)
+        x, kv = jax.lax.scan(body, x, (state, kv, prefix_kv))
+        return x, (None if kv is None else KVCache(*kv))
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, *,
                  positions: Array | None = None, cache: KVCache | None = None,
@@ -365,6 +398,21 @@ class Transformer(nnx.Module):
         head = self.score[...] if self.score is not None else self.unembedding()
         logits = jnp.einsum("btd,dv->btv", x, head.astype(x.dtype))
         return logits if cache is None else (logits, new_cache)
+
+
+def stack_blocks(blocks: list[Block]) -> Block:
+    """One :class:`Block` holding every block's parameters stacked on a leading ``layers``
+    axis (logical axis ``layers``, never sharded), as ``scan_layers`` runs them."""
+    graphdef, _ = nnx.split(blocks[0])
+
+    def stack(*layers: nnx.Variable) -> nnx.Variable:
+        axes = layers[0].get_metadata()["logical_axes"]
+        return layers[0].replace(jnp.stack([v[...] for v in layers]),
+                                 logical_axes=("layers",) + axes)
+
+    state = jax.tree.map(stack, *(nnx.state(b) for b in blocks),
+                         is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return nnx.merge(graphdef, state)
 
 
 def _block(layer: Block, x, rope, mask, cache, cache_index, prefix):

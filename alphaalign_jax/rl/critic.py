@@ -42,7 +42,8 @@ class Critic:
     def __init__(self, c: ml_collections.ConfigDict, policy: Transformer, mesh):
         if c.algo.critic_dir:
             model = from_pretrained(c.algo.critic_dir, dtype=c.model.dtype, mesh=mesh,
-                                    param_dtype=c.model.param_dtype)
+                                    param_dtype=c.model.param_dtype,
+                                    scan_layers=bool(c.model.scan_layers))
             if model.config.num_labels != 1 or model.config.hidden_size != \
                     policy.config.hidden_size:
                 raise CheckpointError(
