@@ -192,14 +192,15 @@ class Program:
 
 
 def _architectures(c: ml_collections.ConfigDict) -> tuple[ModelConfig, ModelConfig | None]:
-    """The policy's and the reward model's architectures (None: no reward model)."""
+    """The policy's (in the config's layer layout) and the reward model's architectures
+    (None: no reward model; its layers are one a layer, as the trainer loads it)."""
     policy = architecture(c.model.hf_dir, "config.model.hf_dir")
     rm = None
     if c.reward.helpfulness == "classifier":
         rm = architecture(c.reward.rm_dir, "config.reward.rm_dir")
     elif c.reward.helpfulness != "none":
         rm = policy  # the LM judge scores with the policy's architecture
-    return policy, rm
+    return dataclasses.replace(policy, scan_layers=bool(c.model.scan_layers)), rm
 
 
 def _policy_state(c: ml_collections.ConfigDict, policy: ModelConfig, mesh):
@@ -233,13 +234,17 @@ def resident_bytes(c: ml_collections.ConfigDict, devices: list[jax.Device]) -> i
 
 
 def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device],
-                     reuse: dict | None = None) -> tuple[list[Program], dict[str, Any]]:
+                     reuse: dict | None = None, num_layers: int | None = None
+                     ) -> tuple[list[Program], dict[str, Any]]:
     """Lower and compile the step's programs for ``devices``; also the resident state.
     ``reuse``: a dict kept across calls that differ only in the micro-batch; the sampler's
-    and reward model's programs compiled by the first are reused."""
+    and reward model's programs compiled by the first are reused. ``num_layers``: the
+    policy cut to that depth, one block a layer (a cost probe, :func:`_layer_costs`)."""
     mesh = shd.make_mesh(dict(c.mesh), devices=devices)
     config_lib.validate(c, num_devices=mesh.size)
     policy, rm = _architectures(c)
+    if num_layers is not None:
+        policy = dataclasses.replace(policy, num_layers=num_layers, scan_layers=False)
     prompts, group = c.train.prompts_per_step, c.rollout.num_samples
     width = sampler_lib.bucket(c.rollout.max_prompt_len, 16)
     new = c.rollout.max_new_tokens
@@ -377,35 +382,74 @@ def _sampler_programs(c, graphdef, params, rest, mesh, width: int, new: int) -> 
                     sampler_graphdef, state, st, ctl, mode=mode, mesh=mesh)), weights, 0)]
 
 
-def plan(c: ml_collections.ConfigDict, topology: str, reuse: dict | None = None
-         ) -> dict[str, Any]:
+def _layer_costs(c: ml_collections.ConfigDict, devices: list[jax.Device], reuse: dict
+                 ) -> dict[str, dict[str, float]]:
+    """The policy's programs' cost with scanned layers. XLA's cost analysis counts a loop's
+    body once, so it is read from the same programs with one block a layer at depths 1 and 2,
+    compiled for that alone: cost(L) = cost(1) + (L - 1) (cost(2) - cost(1)); every block is
+    the same, and docs/tpu_plans.md checks it against a full-depth unrolled compile. The
+    reward model is not scanned: its own compile's cost stands."""
+    probe = ml_collections.ConfigDict(c.to_dict())
+    probe.reward.helpfulness = "none"
+    depth = _architectures(c)[0].num_layers
+    one, two = ({p.name: p.cost() for p in compile_programs(
+        probe, devices, reuse.setdefault(("depth", n), {}), num_layers=n)[0]} for n in (1, 2))
+    return {name: {k: one[name][k] + (depth - 1) * (two[name][k] - one[name][k])
+                   for k in one[name]} for name in one}
+
+
+def plan(c: ml_collections.ConfigDict, topology: str, reuse: dict | None = None,
+         cost_scale: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """Compile and summarise: per-program memory, cost and roofline time, and the step.
-    ``reuse``: see :func:`compile_programs`."""
+    ``reuse``: see :func:`compile_programs`. With scanned layers the cost is probed
+    (:func:`_layer_costs`) for a plan that fits, and left out (None) for one that does not;
+    ``cost_scale`` (a search's, from its first plan that fits: each program's probed cost
+    over its scanned compile's, ``result["cost_scale"]``) estimates it without probing."""
     chip, devices = tpu_devices(topology)
+    reuse = {} if reuse is None else reuse
     programs, info = compile_programs(c, devices, reuse)
     resident = sum(info["state_bytes"].values())
-    rows, step_time, peak = [], 0.0, resident
+    memory = {p.name: p.memory() for p in programs}
+    peak = max([resident] + [resident + memory[p.name]["total"] - p.resident for p in programs])
+    fits = peak <= chip.hbm_bytes
+    raw = {p.name: p.cost() for p in programs}
+    costs, how = raw, "compiled"
+    if c.model.scan_layers and cost_scale is not None:
+        costs = {name: {k: v * cost_scale[name][k] for k, v in cost.items()}
+                 for name, cost in raw.items()}
+        how = "estimated"
+    elif c.model.scan_layers:
+        costs = {**raw, **_layer_costs(c, devices, reuse)} if fits else None
+        how = "probed" if fits else "not probed (does not fit)"
+    rows = []
     for p in programs:
-        mem, cost = p.memory(), p.cost()
-        seconds = max(cost["flops"] / chip.peak_bf16_flops,
-                      cost["bytes_accessed"] / chip.hbm_bytes_per_s)
-        need = resident + mem["total"] - p.resident
-        peak = max(peak, need)
-        step_time += seconds * p.repeats
-        rows.append({"program": p.name, **mem, "need_with_resident_state": need, **cost,
-                     "roofline_s": seconds, "runs_a_step": p.repeats})
+        cost = costs[p.name] if costs else {"flops": None, "bytes_accessed": None}
+        seconds = (max(cost["flops"] / chip.peak_bf16_flops,
+                       cost["bytes_accessed"] / chip.hbm_bytes_per_s) if costs else None)
+        rows.append({"program": p.name, **memory[p.name],
+                     "need_with_resident_state": resident + memory[p.name]["total"] - p.resident,
+                     **cost, "roofline_s": seconds, "runs_a_step": p.repeats})
+    step_time = sum(r["roofline_s"] * r["runs_a_step"] for r in rows) if costs else None
     return {"topology": topology, "chip": dataclasses.asdict(chip), "devices": len(devices),
             "mesh": info["mesh"], "micro_batch_size": c.algo.micro_batch_size,
             "resident_state_bytes": info["state_bytes"], "peak_bytes_a_chip": peak,
-            "fits": peak <= chip.hbm_bytes, "step_roofline_s": step_time, "programs": rows,
-            "largest_tensors": info["largest"]}
+            "fits": fits, "step_roofline_s": step_time, "cost": how,
+            "cost_scale": costs and {name: {k: costs[name][k] / v if v else 1.0
+                                            for k, v in cost.items()}
+                                     for name, cost in raw.items()},
+            "programs": rows, "largest_tensors": info["largest"]}
+
+
+def _seconds(value: float | None, scale: float = 1.0, unit: str = " s") -> str:
+    return "-" if value is None else f"{value * scale:.2f}{unit}"
 
 
 def _brief(result: dict[str, Any]) -> str:
     """One search result in a line."""
     return result.get("error") or (
         f"peak {result['peak_bytes_a_chip'] / GiB:.2f} GiB "
-        f"({'fits' if result['fits'] else 'no'}), step {result['step_roofline_s']:.2f} s")
+        f"({'fits' if result['fits'] else 'no'}), step {_seconds(result['step_roofline_s'])} "
+        f"({result['cost']})")
 
 
 def report(result: dict[str, Any]) -> str:
@@ -420,13 +464,15 @@ def report(result: dict[str, Any]) -> str:
     for r in result["programs"]:
         lines.append(f"| {r['program']} | {r['arguments'] / gib:.2f} | {r['outputs'] / gib:.2f} | "
                      f"{r['temporaries'] / gib:.2f} | {r['need_with_resident_state'] / gib:.2f} | "
-                     f"{r['flops'] / 1e9:.1f} | {r['bytes_accessed'] / 1e9:.2f} | "
-                     f"{r['roofline_s'] * 1e3:.2f} | {r['runs_a_step']} |")
+                     f"{_seconds(r['flops'], 1e-9, '')} | "
+                     f"{_seconds(r['bytes_accessed'], 1e-9, '')} | "
+                     f"{_seconds(r['roofline_s'], 1e3, '')} | {r['runs_a_step']} |")
     state = ", ".join(f"{k} {v / gib:.2f}" for k, v in result["resident_state_bytes"].items())
     lines += ["", f"resident a chip (GiB): {state}",
               f"peak a chip: {result['peak_bytes_a_chip'] / gib:.2f} of "
               f"{chip['hbm_bytes'] / gib:.0f} GiB: {'fits' if result['fits'] else 'DOES NOT FIT'}",
-              f"one RL step at the roofline: {result['step_roofline_s']:.2f} s"]
+              f"one RL step at the roofline: {_seconds(result['step_roofline_s'])} "
+              f"(cost {result['cost']})"]
     return "\n".join(lines)
 
 
@@ -444,16 +490,19 @@ def search(c: ml_collections.ConfigDict, topology: str) -> list[dict[str, Any]]:
     replicate them, the same rows computed on several chips), meshes whose resident state
     alone exceeds a chip, and per mesh the micro-batches above the first that does not fit
     (memory grows with the rows). The sampler's and reward model's programs are compiled
-    once a mesh."""
+    once a mesh. With scanned layers, the first plan that fits is probed for its cost and
+    the others' costs are estimated from its ratios (:func:`plan`'s ``cost_scale``); the
+    fastest is then planned again with its own probes (``estimated_step_roofline_s`` keeps
+    what the estimate said)."""
     chip, devices = tpu_devices(topology)
     n, group = len(devices), c.rollout.num_samples
     rows = c.train.prompts_per_step * group
     policy, _ = _architectures(c)
-    results = []
+    results, reuses, scale = [], {}, None
     for tensor in (t for t in (1, 2, 4, 8) if n % t == 0 and policy.num_kv_heads % t == 0):
         for data in (d for d in (1, 2, 4, 8) if (n // tensor) % d == 0):
             mesh = dict(data=data, fsdp=n // tensor // data, tensor=tensor)
-            reuse: dict = {}
+            reuse = reuses.setdefault((data, tensor), {})
             for micro in (m for m in range(group, rows + 1, group) if rows % m == 0):
                 trial = _trial(c, mesh, micro)
                 if micro % (data * mesh["fsdp"]):
@@ -468,7 +517,9 @@ def search(c: ml_collections.ConfigDict, topology: str) -> list[dict[str, Any]]:
                         results.append({**failed, "error": f"the resident state alone needs "
                                                            f"{resident / GiB:.2f} GiB a chip"})
                         break
-                    results.append(plan(trial, topology, reuse))
+                    results.append(plan(trial, topology, reuse, scale))
+                    if scale is None and results[-1]["cost"] == "probed":
+                        scale = results[-1]["cost_scale"]
                 except DoesNotFit as e:
                     results.append({**failed, "error": str(e)})
                 except (ValueError, config_lib.ConfigValueError) as e:
@@ -476,7 +527,14 @@ def search(c: ml_collections.ConfigDict, topology: str) -> list[dict[str, Any]]:
                     continue
                 if not results[-1]["fits"]:
                     break
-    return sorted(results, key=lambda r: (not r["fits"], r["step_roofline_s"]))
+    results.sort(key=lambda r: (not r["fits"], r["step_roofline_s"] or math.inf))
+    best = results[0] if results else {}
+    if best.get("cost") == "estimated":
+        mesh = best["mesh"]
+        results[0] = {**plan(_trial(c, mesh, best["micro_batch_size"]), topology,
+                             reuses[mesh["data"], mesh["tensor"]]),
+                      "estimated_step_roofline_s": best["step_roofline_s"]}
+    return results
 
 
 SUGGESTIONS = ("Try more fsdp (--config.mesh.fsdp), rematerialisation (--config.model.remat=True), "

@@ -12,6 +12,7 @@ def paper_config(hf_dir: str, arg: str = ""):
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "float32"
     c.model.remat = True  # without it the 2k-token update needs 100+ GB a chip (aot)
+    c.model.scan_layers = True  # compile time independent of depth (docs/tpu_plans.md)
     c.mesh = dict(data=1, fsdp=-1, tensor=1)  # FSDP over every chip of the slice
     c.rollout.num_samples = 8  # n = 8 rollouts a prompt
     c.rollout.max_prompt_len = 512

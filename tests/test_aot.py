@@ -28,9 +28,11 @@ pytestmark = pytest.mark.skipif(not assets.libtpu_path().is_file(),
 
 
 def run_aot(tmp_path, *extra: str, prelude: str = "", topology: str = "v5e-8",
-            config: str = "configs/smollm2_135m_cpu.py") -> subprocess.CompletedProcess:
+            config: str = "configs/smollm2_135m_cpu.py", layers: int = 2
+            ) -> subprocess.CompletedProcess:
     (tmp_path / "tiny").mkdir(exist_ok=True)
-    (tmp_path / "tiny" / "config.json").write_text(json.dumps(TINY))
+    (tmp_path / "tiny" / "config.json").write_text(json.dumps({**TINY,
+                                                               "num_hidden_layers": layers}))
     argv = ["aot", f"--config={config}", f"--topology={topology}",
             f"--config.model.hf_dir={tmp_path / 'tiny'}", f"--json={tmp_path / 'plan.json'}",
             *OVERRIDES, *extra]
@@ -81,6 +83,26 @@ def test_ppo_plan_compiles_the_critic_and_keeps_it_resident(tmp_path):
     # 8 prompts x 4 rollouts in 2 mini-batches of 16 rows, one micro-batch of 16 each
     assert programs["critic update"]["runs_a_step"] == 2
     assert programs["critic values"]["flops"] > 0
+
+
+def test_a_scanned_plan_costs_what_one_block_a_layer_costs(tmp_path):
+    """XLA's cost analysis counts the scanned layers' loop body once; the plan reads the cost
+    from 1- and 2-block probes instead, so a 4-block scanned model (PPO: the critic is scanned
+    too) costs what the one-block-a-layer plan does, while its memory is its own compile's."""
+    plans = {}
+    for scan in (False, True):
+        out = run_aot(tmp_path, f"--config.model.scan_layers={scan}", "--config.model.remat=True",
+                      config="configs/smollm2_135m_cpu.py:ppo", layers=4)
+        assert out.returncode == 0, out.stderr[-3000:]
+        plans[scan] = json.loads((tmp_path / "plan.json").read_text())
+    assert (plans[False]["cost"], plans[True]["cost"]) == ("compiled", "probed")
+    for plain, scanned in zip(plans[False]["programs"], plans[True]["programs"]):
+        assert plain["program"] == scanned["program"]
+        assert scanned["flops"] == pytest.approx(plain["flops"], rel=1e-3), plain["program"]
+        if plain["runs_a_step"]:
+            assert scanned["bytes_accessed"] == pytest.approx(plain["bytes_accessed"], rel=0.1)
+    assert plans[True]["step_roofline_s"] == pytest.approx(plans[False]["step_roofline_s"],
+                                                           rel=0.1)
 
 
 def test_a_plan_that_does_not_fit_fails_naming_the_tensors(tmp_path):
