@@ -420,7 +420,7 @@ def plan(c: ml_collections.ConfigDict, topology: str, reuse: dict | None = None,
         how = "estimated"
     elif c.model.scan_layers:
         costs = {**raw, **_layer_costs(c, devices, reuse)} if fits else None
-        how = "probed" if fits else "not probed (does not fit)"
+        how = "probed" if fits else "not probed: does not fit"
     rows = []
     for p in programs:
         cost = costs[p.name] if costs else {"flops": None, "bytes_accessed": None}
