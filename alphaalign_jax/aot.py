@@ -410,7 +410,8 @@ def plan(c: ml_collections.ConfigDict, topology: str, reuse: dict | None = None,
     programs, info = compile_programs(c, devices, reuse)
     resident = sum(info["state_bytes"].values())
     memory = {p.name: p.memory() for p in programs}
-    peak = max([resident] + [resident + memory[p.name]["total"] - p.resident for p in programs])
+    needs = {p.name: resident + memory[p.name]["total"] - p.resident for p in programs}
+    peak = max([resident, *needs.values()])
     fits = peak <= chip.hbm_bytes
     raw = {p.name: p.cost() for p in programs}
     costs, how = raw, "compiled"
@@ -427,7 +428,7 @@ def plan(c: ml_collections.ConfigDict, topology: str, reuse: dict | None = None,
         seconds = (max(cost["flops"] / chip.peak_bf16_flops,
                        cost["bytes_accessed"] / chip.hbm_bytes_per_s) if costs else None)
         rows.append({"program": p.name, **memory[p.name],
-                     "need_with_resident_state": resident + memory[p.name]["total"] - p.resident,
+                     "need_with_resident_state": needs[p.name],
                      **cost, "roofline_s": seconds, "runs_a_step": p.repeats})
     step_time = sum(r["roofline_s"] * r["runs_a_step"] for r in rows) if costs else None
     return {"topology": topology, "chip": dataclasses.asdict(chip), "devices": len(devices),
