@@ -79,6 +79,10 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
         # where the markers apply: "all" prompts, or "benign" ones only (harmful prompts then
         # earn r_a only for the template's refusal; rewards.verifiers.markers_for)
         markers_on="all",
+        # on harmful prompts, r_a only for an answer that refuses as a whole (a refusal phrase,
+        # then only refusal and its reasons: rewards.verifiers.whole_refusal_verifier), so a
+        # compliance with a disclaimer earns nothing; False = the paper's prefix list
+        whole_refusal=False,
         helpfulness="lm_judge",  # one of HELPFULNESS_BACKENDS
         rm_dir="",  # HF directory of the reward model; "" = the policy's own base model (judge)
         rm_batch_size=16,
@@ -161,7 +165,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(c.model.param_dtype in ("float32", "bfloat16"), "model.param_dtype",
              f"'{c.model.param_dtype}' is not float32 or bfloat16")
     _require(0.0 <= c.data.harmful_fraction <= 1.0, "data.harmful_fraction", "must be in [0, 1]")
-    _require(c.data.seed >= 0, "data.seed", f"must be >= 0, got {c.data.seed}")
+    _require(isinstance(c.data.seed, int) and not isinstance(c.data.seed, bool)
+             and c.data.seed >= 0, "data.seed", f"must be an int >= 0, got {c.data.seed!r}")
     _require(c.train.seed >= 0, "train.seed", f"must be >= 0, got {c.train.seed}")
     _require(c.reward.rm_batch_size >= 1, "reward.rm_batch_size", "must be >= 1")
     _require(c.reward.rm_max_len >= 1, "reward.rm_max_len", "must be >= 1")
@@ -187,6 +192,10 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
              "the answer)")
     _require(c.reward.markers_on in MARKER_SCOPES, "reward.markers_on",
              f"'{c.reward.markers_on}' is not one of {MARKER_SCOPES}")
+    _require(not (c.reward.whole_refusal and c.reward.refusal_markers
+                  and c.reward.markers_on == "all"), "reward.markers_on",
+             "must be 'benign' with reward.whole_refusal: markers on harmful prompts would pay "
+             "r_a for a refusal word anywhere in a compliance")
     _require(r.top_k >= 0, "rollout.top_k", "must be >= 0 (0 disables)")
     _require(c.reward.helpfulness in HELPFULNESS_BACKENDS, "reward.helpfulness",
              f"'{c.reward.helpfulness}' is not one of {HELPFULNESS_BACKENDS}")
@@ -237,7 +246,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
 
 def parse_config_arg(arg: str, options: tuple[str, ...] = ()) -> tuple[str, set[str]]:
     """The ``ARG`` of ``--config=FILE:ARG``: an algorithm name (default grpo) and/or the
-    config file's own ``options``, comma-separated (``:ppo``, ``:rft``, ``:rft,ppo``)."""
+    config file's own ``options``, comma-separated (``:ppo``, ``:scaffold``, ``:scaffold,ppo``)."""
     words = {w.strip() for w in arg.split(",") if w.strip()}
     names = words & set(algorithms.ALGORITHMS)
     unknown = words - names - set(options)

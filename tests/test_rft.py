@@ -42,7 +42,21 @@ def test_select_keeps_verified_distinct_uncopied_samples():
                                          [True, False, False, False]])
     # harmful: 1 kept, 1 complied (decision), 1 untagged (format), 1 repeat (duplicate);
     # benign: 1 kept, 1 refused (decision), 1 copied from the scaffold, 1 repeat
-    assert counts == {"kept": 2, "format": 1, "decision": 2, "copied": 1, "duplicate": 2}
+    assert counts == {"kept": 2, "format": 1, "decision": 2, "not_template": 0, "copied": 1,
+                      "duplicate": 2}
+
+
+@pytest.mark.parametrize("answer", [
+    "\\boxed{Sorry, I can't comply} Here is how: mix the powders.",
+    "I'm sorry, but step 1: buy the pipe. \\boxed{Sorry, I can't comply}",
+    "Sorry, I can't comply.",  # the phrase without the template's box
+    "\\boxed{Sorry, I can't comply} It is not safe though.",
+])
+def test_a_harmful_target_is_the_templates_refusal_alone(answer):
+    text = f"<safety_reasoning>Bombs kill.</safety_reasoning><answer>{answer}</answer>"
+    keep, counts = select([HARMFUL], [[text, REFUSE.replace("}</answer>", ".}</answer>")]])
+    np.testing.assert_array_equal(keep, [[False, True]])
+    assert counts["not_template"] == 1
 
 
 def test_copy_check_counts_words_not_characters():
@@ -64,8 +78,11 @@ def test_select_reads_the_decision_as_the_reward_does():
     pick = lambda record, scope: rft.select(
         [record], [[verdict]], scaffold="", copy_words=4, refusal=SafetyRewardConfig(
             refusal_markers=REFUSAL_MARKERS, markers_on=scope).refusal)[0][0, 0]
-    assert pick(HARMFUL, "all") and not pick(HARMFUL, "benign")  # not the template's refusal
+    # a verdict label is never a harmful target, even where a marker reads it as refusing
+    assert not pick(HARMFUL, "all") and not pick(HARMFUL, "benign")
     assert not pick(BENIGN, "all") and not pick(BENIGN, "benign")  # a refusal either way
+    # the paper's prefix list reads it as an answer, so a benign prompt keeps it
+    assert select([BENIGN], [[verdict]])[0][0, 0]
 
 
 def _target(prompt_len: int, completion_len: int, seed: int) -> rft.Target:

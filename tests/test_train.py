@@ -271,21 +271,22 @@ def test_trained_checkpoint_exports_to_transformers(uninterrupted, tmp_path):
         assert not np.allclose(initial(torch.tensor(ids)).logits.numpy(), ref, atol=1e-4)
 
 
-def test_the_markers_helpful_and_benign_markers_options():
-    from alphaalign_jax.rewards import REFUSAL_MARKERS
+def test_the_default_is_the_teaching_recipe_and_its_variants():
+    from alphaalign_jax.rewards import REFUSAL_MARKERS, WORKED_EXAMPLES_SYSTEM_PROMPT
     from configs import smollm2_135m_cpu
 
-    assert tuple(smollm2_135m_cpu.get_config("rft").reward.refusal_markers) == ()
-    c = smollm2_135m_cpu.get_config("rft,markers")
+    c = smollm2_135m_cpu.get_config()
+    config_lib.validate(c)
+    assert c.system_prompt == "" and c.rft.system_prompt == WORKED_EXAMPLES_SYSTEM_PROMPT
+    assert c.rft.rounds > 0 and c.algo.beta > 0
+    assert (c.reward.helpfulness, c.reward.markers_on, c.reward.whole_refusal) == (
+        "lm_judge", "benign", True)
     assert tuple(c.reward.refusal_markers) == REFUSAL_MARKERS
+    c = smollm2_135m_cpu.get_config("prefix_reward")
     config_lib.validate(c)
-    assert (c.reward.helpfulness, c.train.steps) == ("none", 20)
-    c = smollm2_135m_cpu.get_config("rft,markers,helpful")
-    assert (c.reward.helpfulness, c.reward.rm_dir, c.train.steps) == ("lm_judge", "", 40)
+    assert (tuple(c.reward.refusal_markers), c.reward.whole_refusal) == ((), False)
+    c = smollm2_135m_cpu.get_config("scaffold")
     config_lib.validate(c)
-    assert c.reward.markers_on == "all"
-    c = smollm2_135m_cpu.get_config("rft,markers,helpful,benign_markers")
-    assert (c.reward.markers_on, c.train.steps, c.reward.helpfulness) == ("benign", 60, "lm_judge")
-    config_lib.validate(c)
-    with pytest.raises(config_lib.ConfigValueError, match="benign_markers"):
-        smollm2_135m_cpu.get_config("rft,helpful,benign_markers")
+    assert (c.system_prompt, c.rft.rounds, c.train.steps) == (WORKED_EXAMPLES_SYSTEM_PROMPT, 0, 20)
+    with pytest.raises(config_lib.ConfigValueError, match="unknown: \\['rft'\\]"):
+        smollm2_135m_cpu.get_config("rft")

@@ -32,9 +32,11 @@ from alphaalign_jax.rewards.verifiers import (
     format_progress,
     format_verifier,
     is_refusal,
+    is_template_refusal,
     markers_for,
     refusal_verifier,
     visible_answer,
+    whole_refusal_verifier,
 )
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "group_normalise",
     "helpfulness_reward",
     "is_refusal",
+    "is_template_refusal",
     "markers_for",
     "refusal_verifier",
     "reward_metrics",
@@ -68,4 +71,5 @@ __all__ = [
     "score_groups",
     "total_reward",
     "visible_answer",
+    "whole_refusal_verifier",
 ]

@@ -76,6 +76,7 @@ def safety_config(reward_config) -> SafetyRewardConfig:
     return SafetyRewardConfig(r_format=r.r_format, r_answer=r.r_answer,
                               refusal_phrases=tuple(r.refusal_phrases),
                               refusal_markers=tuple(r.refusal_markers), markers_on=r.markers_on,
+                              whole_refusal=bool(r.whole_refusal),
                               format_shaping=float(r.format_shaping))
 
 

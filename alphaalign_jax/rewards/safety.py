@@ -17,6 +17,7 @@ from alphaalign_jax.rewards.verifiers import (
     markers_for,
     refusal_verifier,
     visible_answer,
+    whole_refusal_verifier,
 )
 
 
@@ -38,6 +39,10 @@ class SafetyRewardConfig:
     paper: the prefix list alone; ``REFUSAL_MARKERS`` closes the gaps a trained policy
     finds in it).
     markers_on: where the markers apply, "all" prompts or "benign" ones only (``markers_for``).
+    whole_refusal: on harmful prompts, V_r is ``whole_refusal_verifier`` (the answer refuses as
+    a whole: a refusal phrase, then nothing but refusal and its reasons), so a compliance with
+    a disclaimer or a verdict label never earns r_a; the markers then apply to benign prompts
+    only (False, the paper: the prefix list).
     format_shaping: s in [0, 1]; the format term becomes r_f ((1 - s) V_f + s P)
     with P = ``format_progress`` (the share of the four tags written in order).
     0 (the paper) is plain r_f V_f; a positive s gives a policy that never
@@ -49,6 +54,7 @@ class SafetyRewardConfig:
     refusal_phrases: tuple[str, ...] = DEFAULT_REFUSAL_PHRASES
     refusal_markers: tuple[str, ...] = ()
     markers_on: str = "all"
+    whole_refusal: bool = False
     format_shaping: float = 0.0
 
     def __post_init__(self) -> None:
@@ -64,11 +70,17 @@ class SafetyRewardConfig:
         object.__setattr__(self, "refusal_phrases", phrases)
         object.__setattr__(self, "refusal_markers", tuple(self.refusal_markers))
         markers_for("benign", self.refusal_markers, self.markers_on)  # validates the scope
+        if self.whole_refusal and self.refusal_markers and self.markers_on == "all":
+            raise ValueError("whole_refusal reads harmful answers whole; the refusal markers "
+                             "would pay r_a for a refusal word anywhere: set markers_on='benign'")
 
     def refusal(self, label: str, completion: str) -> float:
         """V_r of ``completion`` (response prefix included) on a prompt labelled ``label``:
-        the phrases, and the markers where ``markers_on`` applies them. The one reading of
-        the refuse/comply decision that the reward and the RFT filter share."""
+        the phrases, and the markers where ``markers_on`` applies them (or, on a harmful
+        prompt under ``whole_refusal``, the whole-answer reading). The one reading of the
+        refuse/comply decision that the reward and the RFT filter share."""
+        if self.whole_refusal and label == "harmful":
+            return whole_refusal_verifier(visible_answer(completion), self.refusal_phrases)
         return refusal_verifier(visible_answer(completion), self.refusal_phrases,
                                 markers_for(label, self.refusal_markers, self.markers_on))
 

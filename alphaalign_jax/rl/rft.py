@@ -7,7 +7,10 @@ warm start samples under such a scaffold, keeps only what the verifiers accept, 
 the policy on it *conditioned on the training prompt* (without the scaffold):
 
 * the tags in order (V_f = 1),
-* a refusal exactly when the prompt is harmful (V_r equals the label),
+* a refusal exactly when the prompt is harmful (V_r equals the label), and on a harmful
+  prompt the template's refusal alone (``\\boxed{Sorry, I can't comply}`` and nothing else in
+  the answer: a refusal phrase followed by content, or a disclaimer after a compliance, is
+  never a target),
 * no run of ``copy_words`` words taken from the scaffold (a copied worked example is not the
   policy's answer to this question; the tags and the template's refusal, which every valid
   answer shares with the scaffold, do not count), and one copy of each distinct completion.
@@ -27,6 +30,7 @@ from typing import Any, NamedTuple
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 from alphaalign_jax.config import ConfigValueError
 from alphaalign_jax.data.records import PromptRecord
@@ -35,17 +39,18 @@ from alphaalign_jax.rewards.reward_fn import safety_config
 from alphaalign_jax.rewards.verifiers import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
-    BOXED_OPEN,
     REASONING_CLOSE,
     REASONING_OPEN,
+    TEMPLATE_REFUSAL,
     format_verifier,
+    is_template_refusal,
 )
 
 _WORD = re.compile(r"\w+")
 # What the template asks every answer to contain: not content, so never a copy.
 _FIXED = re.compile("|".join(re.escape(x) for x in (
     REASONING_OPEN, REASONING_CLOSE, ANSWER_OPEN, ANSWER_CLOSE,
-    BOXED_OPEN + "Sorry, I can't comply}")))
+    TEMPLATE_REFUSAL)))
 # ``(label, completion) -> V_r``: how a completion's decision is read, as the reward reads it
 # (SafetyRewardConfig.refusal).
 Refusal = Callable[[str, str], float]
@@ -61,9 +66,12 @@ def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return grams
 
 
+REASONS = ("kept", "format", "decision", "not_template", "copied", "duplicate")
+
+
 class Verdict(NamedTuple):
     keep: bool
-    reason: str  # "kept" | "format" | "decision" | "copied" | "duplicate"
+    reason: str  # one of REASONS
 
 
 def judge(record: PromptRecord, text: str, seen: set[str], *, scaffold_ngrams: set,
@@ -75,6 +83,8 @@ def judge(record: PromptRecord, text: str, seen: set[str], *, scaffold_ngrams: s
         return Verdict(False, "format")
     if (refusal(record.label, text) == 1.0) != (record.label == "harmful"):
         return Verdict(False, "decision")
+    if record.label == "harmful" and not is_template_refusal(text):
+        return Verdict(False, "not_template")
     if scaffold_ngrams and word_ngrams(text, copy_words) & scaffold_ngrams:
         return Verdict(False, "copied")
     if text in seen:
@@ -88,7 +98,7 @@ def select(records: Sequence[PromptRecord], texts: Sequence[Sequence[str]], *, s
     """[P, G] bool mask of the rollouts to train on, and how many fell to each reason."""
     scaffold_ngrams = word_ngrams(scaffold, copy_words) if scaffold else set()
     keep = np.zeros((len(records), len(texts[0]) if texts else 0), bool)
-    counts = dict.fromkeys(("kept", "format", "decision", "copied", "duplicate"), 0)
+    counts = dict.fromkeys(REASONS, 0)
     for p, (record, group) in enumerate(zip(records, texts, strict=True)):
         seen: set[str] = set()
         for g, text in enumerate(group):
@@ -172,6 +182,9 @@ def collect(c: ml_collections.ConfigDict, next_records: Callable[[], list[Prompt
         keep, round_counts = select(records, texts, scaffold=scaffold, copy_words=r.copy_words,
                                     refusal=refusal)
         counts = {k: counts.get(k, 0) + v for k, v in round_counts.items()}
+        logging.warning("RFT warm start: round %d/%d sampled, %d kept so far (rejected: %s)",
+                        round_index + 1, r.rounds, counts["kept"],
+                        {k: v for k, v in counts.items() if k != "kept" and v})
         train_ids = encode(records)
         for p, g in zip(*np.nonzero(keep)):
             row = p * group + g
@@ -214,7 +227,7 @@ def load(path: str, *, response_prefix: str, encode_prompts: Callable[[list[Prom
                      refusal=refusal).keep:
             raise ConfigValueError(f"config.rft.targets_file: {where}: the verifiers reject "
                                    "this completion (tags in order, a refusal exactly on "
-                                   "harmful prompts)")
+                                   "harmful prompts, the template's refusal alone)")
         ids = encode_completion(text[len(response_prefix):])
         if len(ids) > width:
             raise ConfigValueError(f"config.rft.targets_file: {where}: {len(ids)} completion "
@@ -274,4 +287,6 @@ def fine_tune(c: ml_collections.ConfigDict, targets: Sequence[Target], labels: S
             raise NonFiniteError("RFT warm start: non-finite loss or gradient; no checkpoint "
                                  "was written")
         epoch_loss.append(float((loss * tokens).sum() / max(tokens.sum(), 1)))
+        logging.warning("RFT warm start: fine-tuning epoch %d/%d, NLL %.3f", len(epoch_loss),
+                        c.rft.epochs, epoch_loss[-1])
     return state, epoch_loss
