@@ -15,6 +15,7 @@ from alphaalign_jax.rl import algorithms
 from alphaalign_jax.rl.losses import AGGREGATIONS
 
 HELPFULNESS_BACKENDS = ("lm_judge", "classifier", "none")
+RFT_TARGETS_OF = ("both", "benign")
 
 
 class ConfigValueError(ValueError):
@@ -134,6 +135,7 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
         learning_rate=1e-4,
         min_kept=8,  # fewer kept samples than this is an error (the scaffold does not work)
         balance=False,  # repeat the smaller class's targets up to the larger's each epoch
+        targets_of="both",  # the classes whose samples are targets: one of RFT_TARGETS_OF
         # A previous warm start's rft_targets.jsonl to fine-tune on instead of sampling
         # (rounds must be 0): measures a fine-tuning setting without the sampling cost.
         targets_file="",
@@ -233,6 +235,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(c.rft.epochs >= 1, "rft.epochs", "must be >= 1")
     _require(c.rft.learning_rate > 0, "rft.learning_rate", "must be > 0")
     _require(c.rft.min_kept >= 1, "rft.min_kept", "must be >= 1")
+    _require(c.rft.targets_of in RFT_TARGETS_OF, "rft.targets_of",
+             f"'{c.rft.targets_of}' is not one of {RFT_TARGETS_OF}")
     _require(t.steps >= 1, "train.steps", "must be >= 1")
     _require(t.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")

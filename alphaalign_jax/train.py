@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -594,9 +594,18 @@ def main(argv: list[str]) -> None:
         logging.warning("preempted: checkpoint saved in %s; re-run the same command to resume",
                         FLAGS.workdir)
         sys.exit(0)
-    except (config_lib.ConfigValueError, CheckpointError, CheckpointWriteError, NonFiniteError,
+    except config_lib.ConfigValueError as e:
+        _usage_error(f"train: {e}")
+    except (CheckpointError, CheckpointWriteError, NonFiniteError,
             RunDirLocked, DataError, PromptTooLong, FileNotFoundError) as e:
         sys.exit(f"train: {e}")  # a user-facing condition: one line, no traceback
+
+
+def _usage_error(message: str) -> NoReturn:
+    """A bad command line or config value: one line, exit status 2 (as argparse), before
+    anything is written to the workdir."""
+    print(message, file=sys.stderr)
+    sys.exit(2)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -605,17 +614,22 @@ def _parse_flags(argv: list[str]) -> list[str]:
     its settings can apply before the overrides (``--config=FILE:ppo``)."""
     named = [a for a in argv if a.startswith("--config.algo.name")]
     if named:
-        sys.exit(f"train: {named[0]}: choose the algorithm with --config=FILE:NAME (one of "
+        _usage_error(f"train: {named[0]}: choose the algorithm with --config=FILE:NAME (one of "
                  f"{', '.join(algorithms.ALGORITHMS)}), so the settings it fixes apply before "
                  "your --config.* overrides")
     try:
-        return app.parse_flags_with_usage(argv)
+        return flags.FLAGS(argv)
+    except flags.Error as e:  # a value of the wrong type (--config.data.seed=abc), or the
+        # config file's own error, which ml_collections wraps with its traceback: its last line
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        _usage_error(f"train: {lines[-1].split(': ', 1)[-1] if len(lines) > 1 else lines[0]}")
     except (AttributeError, KeyError) as e:
         name = str(e).strip("\"' ")
         given = [a.split("=")[0][2:] for a in argv
                  if a.startswith("--config.") and a.split("=")[0].rsplit(".", 1)[-1] == name]
-        sys.exit(f"train: {given[0] if given else name!r} is not a field of the config; "
-                 "see the config file's get_config() and alphaalign_jax/config.py for the fields")
+        _usage_error(f"train: {given[0] if given else name!r} is not a field of the config; "
+                     "see the config file's get_config() and alphaalign_jax/config.py for the "
+                     "fields")
 
 
 if __name__ == "__main__":

@@ -229,6 +229,7 @@ def test_truncation_bounds_the_asr_and_the_probe_set_is_reported_alone(tmp_path)
                   (x + "Hola, buenos días", "length")],
     }
     ev = fake_evaluator("<safety_reasoning>")
+    ev.settings = GenerationSettings(response_prefix="<safety_reasoning>", num_samples=1)
     ev.out = tmp_path
     ev.cache_path = tmp_path / "generations.jsonl"
     ev.generate = lambda task, records, **_: [

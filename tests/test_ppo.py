@@ -195,3 +195,21 @@ def test_a_new_variant_is_one_entry_in_the_seam(monkeypatch):
     config_lib.validate(c)
     assert (c.algo.name, c.algo.clip_low, c.algo.clip_high) == ("grpo_low_clip", 0.1, 0.1)
     assert config_lib.parse_config_arg("grpo_low_clip") == ("grpo_low_clip", set())
+
+
+@pytest.mark.parametrize("args, message", [
+    ([":nope"], "config argument 'nope': expected at most one algorithm"),
+    (["", "--config.data.seed=abc"], "flag --config.data.seed=abc: invalid literal for int()"),
+    (["", "--config.reward.markers_on=all"], "config.reward.markers_on: must be 'benign' with "
+                                             "reward.whole_refusal"),
+])
+def test_a_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    workdir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "alphaalign_jax.train",
+         f"--config={REPO / 'configs' / 'smollm2_135m_cpu.py'}{args[0]}", f"--workdir={workdir}",
+         *args[1:]], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"train: {message}"), lines
+    assert not workdir.exists()

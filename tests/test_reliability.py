@@ -176,7 +176,7 @@ def run_cli(*args: str, timeout: int = 300):
 def test_misspelt_override_is_one_line(tmp_path):
     out = run_cli("--config=configs/smollm2_135m_cpu.py", f"--workdir={tmp_path}",
                   "--config.optim.lr=1")
-    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip() == ("train: 'config.optim.lr' is not a field of the config; see "
                                   "the config file's get_config() and alphaalign_jax/config.py "
                                   "for the fields")

@@ -42,8 +42,8 @@ def test_select_keeps_verified_distinct_uncopied_samples():
                                          [True, False, False, False]])
     # harmful: 1 kept, 1 complied (decision), 1 untagged (format), 1 repeat (duplicate);
     # benign: 1 kept, 1 refused (decision), 1 copied from the scaffold, 1 repeat
-    assert counts == {"kept": 2, "format": 1, "decision": 2, "not_template": 0, "copied": 1,
-                      "duplicate": 2}
+    assert counts == {"kept": 2, "label": 0, "format": 1, "decision": 2, "not_template": 0,
+                      "copied": 1, "duplicate": 2}
 
 
 @pytest.mark.parametrize("answer", [
@@ -271,3 +271,12 @@ def test_kl_reference_is_the_warm_started_policy_across_a_resume(tiny_files, tmp
     assert np.abs(warm - base).max() > 1e-3  # the warm start moved the policy
     np.testing.assert_array_equal(first, warm)
     np.testing.assert_array_equal(run(2), warm)  # resumed at step 1
+
+
+def test_targets_of_benign_keeps_no_harmful_sample():
+    keep, counts = rft.select([HARMFUL, BENIGN], [[REFUSE], [COMPLY]], scaffold="",
+                              copy_words=4, refusal=PAPER_RULE,
+                              labels=rft.target_labels("benign"))
+    np.testing.assert_array_equal(keep, [[False], [True]])
+    assert (counts["label"], counts["kept"]) == (1, 1)
+    assert rft.target_labels("both") == ("harmful", "benign")

@@ -60,6 +60,7 @@ def tiny_overrides(policy: pathlib.Path, train_file: pathlib.Path, steps: int = 
             # the tiny policy never writes the tags: the LM judge gives every step a signal
             "--config.system_prompt=", "--config.reward.helpfulness=lm_judge",
             "--config.rollout.temperature=0.8",
+            "--config.rft.rounds=0",  # the bundled default's warm start is not under test here
             "--config.train.plot=False"]
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 
 from alphaalign_jax.config import ConfigValueError
-from alphaalign_jax.data.records import PromptRecord
+from alphaalign_jax.data.records import LABELS, PromptRecord
 from alphaalign_jax.rl.step import LossSettings, NonFiniteError
 from alphaalign_jax.rewards.reward_fn import safety_config
 from alphaalign_jax.rewards.verifiers import (
@@ -66,7 +66,7 @@ def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return grams
 
 
-REASONS = ("kept", "format", "decision", "not_template", "copied", "duplicate")
+REASONS = ("kept", "label", "format", "decision", "not_template", "copied", "duplicate")
 
 
 class Verdict(NamedTuple):
@@ -75,10 +75,13 @@ class Verdict(NamedTuple):
 
 
 def judge(record: PromptRecord, text: str, seen: set[str], *, scaffold_ngrams: set,
-          copy_words: int, refusal: Refusal) -> Verdict:
+          copy_words: int, refusal: Refusal, labels: Sequence[str] = LABELS) -> Verdict:
     """Whether one completion (response prefix included) is a training target; ``seen`` holds
     the completions already kept for this prompt and is updated when this one is kept. The
-    decision is read as the reward reads it (``refusal``: ``SafetyRewardConfig.refusal``)."""
+    decision is read as the reward reads it (``refusal``: ``SafetyRewardConfig.refusal``);
+    only prompts of ``labels`` give targets."""
+    if record.label not in labels:
+        return Verdict(False, "label")
     if format_verifier(text) != 1.0:
         return Verdict(False, "format")
     if (refusal(record.label, text) == 1.0) != (record.label == "harmful"):
@@ -94,7 +97,8 @@ def judge(record: PromptRecord, text: str, seen: set[str], *, scaffold_ngrams: s
 
 
 def select(records: Sequence[PromptRecord], texts: Sequence[Sequence[str]], *, scaffold: str,
-           copy_words: int, refusal: Refusal) -> tuple[np.ndarray, dict[str, int]]:
+           copy_words: int, refusal: Refusal, labels: Sequence[str] = LABELS
+           ) -> tuple[np.ndarray, dict[str, int]]:
     """[P, G] bool mask of the rollouts to train on, and how many fell to each reason."""
     scaffold_ngrams = word_ngrams(scaffold, copy_words) if scaffold else set()
     keep = np.zeros((len(records), len(texts[0]) if texts else 0), bool)
@@ -103,10 +107,17 @@ def select(records: Sequence[PromptRecord], texts: Sequence[Sequence[str]], *, s
         seen: set[str] = set()
         for g, text in enumerate(group):
             verdict = judge(record, text, seen, scaffold_ngrams=scaffold_ngrams,
-                            copy_words=copy_words, refusal=refusal)
+                            copy_words=copy_words, refusal=refusal, labels=labels)
             keep[p, g] = verdict.keep
             counts[verdict.reason] += 1
     return keep, counts
+
+
+def target_labels(targets_of: str) -> tuple[str, ...]:
+    """The prompt labels whose samples can be targets (``config.RFT_TARGETS_OF``): "both"
+    classes, or "benign" only (the warm start then teaches the format by answering, and never
+    the template's refusal)."""
+    return LABELS if targets_of == "both" else ("benign",)
 
 
 class Target(NamedTuple):
@@ -180,7 +191,7 @@ def collect(c: ml_collections.ConfigDict, next_records: Callable[[], list[Prompt
                    .generate_state(1)[0] >> 1)
         rollouts, texts = sample(records, seed, scaffold, r.temperature)
         keep, round_counts = select(records, texts, scaffold=scaffold, copy_words=r.copy_words,
-                                    refusal=refusal)
+                                    refusal=refusal, labels=target_labels(r.targets_of))
         counts = {k: counts.get(k, 0) + v for k, v in round_counts.items()}
         logging.warning("RFT warm start: round %d/%d sampled, %d kept so far (rejected: %s)",
                         round_index + 1, r.rounds, counts["kept"],
