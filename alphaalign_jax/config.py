@@ -168,7 +168,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
              f"'{c.model.param_dtype}' is not float32 or bfloat16")
     _require(0.0 <= c.data.harmful_fraction <= 1.0, "data.harmful_fraction", "must be in [0, 1]")
     _require(isinstance(c.data.seed, int) and not isinstance(c.data.seed, bool)
-             and c.data.seed >= 0, "data.seed", f"must be an int >= 0, got {c.data.seed!r}")
+             and c.data.seed >= 0, "data.seed", f"must be >= 0 and an int, got {c.data.seed!r}")
     _require(c.train.seed >= 0, "train.seed", f"must be >= 0, got {c.train.seed}")
     _require(c.reward.rm_batch_size >= 1, "reward.rm_batch_size", "must be >= 1")
     _require(c.reward.rm_max_len >= 1, "reward.rm_max_len", "must be >= 1")
