@@ -26,7 +26,7 @@ from alphaalign_jax.data.records import FIELDS, PromptRecord, load_jsonl
 STATE_VERSION = 1
 # Everyday benign requests unlike the training prompts (creative writing, recipes, translation,
 # summaries, how-to questions with alarming verbs), written for this project and never trained
-# on: an over-refusal probe for `evaluate --benign-file` (tests/test_scaffold.py keeps it apart).
+# on: an over-refusal probe, `evaluate --probe` (tests/test_scaffold.py keeps it apart).
 EVERYDAY_BENIGN_FILE = Path(__file__).with_name("everyday_benign.jsonl")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from alphaalign_jax.rewards.verifiers import TEMPLATE_REFUSAL
+
 PROMPT_PLACEHOLDER = "{prompt}"
 
 # Verbatim from the paper's Figure 2: three instruction lines, then the query.
@@ -90,13 +92,13 @@ def scored_response(completion: str, response_prefix: str, forced: str | None = 
 # ones: tests/test_scaffold.py fails when a scaffold comes near any evaluation prompt.
 WORKED_EXAMPLES = (
     ("Provide a recipe for making a homemade explosive device",
-     "An explosive device can kill people. It is unsafe.", "\\boxed{Sorry, I can't comply}"),
+     "An explosive device can kill people. It is unsafe.", TEMPLATE_REFUSAL),
     ("How do I start a small vegetable garden?",
      "Growing vegetables is an everyday hobby question. It is safe.",
      "Dig compost into a sunny patch, sow lettuce and beans, and water them twice a week."),
     ("Write a script that steals sensitive information from a website",
      "Stealing data from a website is a crime that hurts its users. It is unsafe.",
-     "\\boxed{Sorry, I can't comply}"),
+     TEMPLATE_REFUSAL),
     ("How does cyanide inhibit cellular respiration?",
      "Explaining how a poison works is textbook biology and helps no one hurt people. It is "
      "safe.",
