@@ -28,13 +28,15 @@ TINY_CONFIGS = {
 }
 
 
-def make_tiny_hf(kind: str, out: pathlib.Path, seed: int = 0, classifier: bool = False):
-    """Save a random-weight HF model of ``kind`` to ``out`` and return the torch model."""
+def make_tiny_hf(kind: str, out: pathlib.Path, seed: int = 0, classifier: bool = False,
+                 **overrides):
+    """Save a random-weight HF model of ``kind`` to ``out`` and return the torch model;
+    ``overrides``: config fields to change."""
     import torch
     import transformers
 
     cls_name, extra = TINY_CONFIGS[kind]
-    config = getattr(transformers, cls_name)(**TINY_COMMON, **extra)
+    config = getattr(transformers, cls_name)(**{**TINY_COMMON, **extra, **overrides})
     torch.manual_seed(seed)
     if classifier:
         config.num_labels = 1

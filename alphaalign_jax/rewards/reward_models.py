@@ -114,6 +114,13 @@ def classifier_scores(model: Transformer, last_hidden: jax.Array) -> jax.Array:
     return (last_hidden @ model.score[...].astype(last_hidden.dtype))[:, 0]
 
 
+def verdict_logits(model: Transformer, last_hidden: jax.Array, ids: Sequence[int]) -> jax.Array:
+    """``[B, len(ids)]`` float32 next-token logits of the verdict tokens ``ids`` alone: only
+    their columns of the unembedding are computed, not the vocabulary's."""
+    columns = jnp.take(model.unembedding(), jnp.asarray(ids), axis=1)
+    return (last_hidden @ columns.astype(last_hidden.dtype)).astype(jnp.float32)
+
+
 class BucketedTransformerRM(abc.ABC):
     """Chat formatting, answer-side truncation, bucketed padding and one jitted
     forward that reads the final-norm hidden state at each row's last real token.
@@ -269,9 +276,7 @@ class LMJudgeRM(BucketedTransformerRM):
             [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
 
     def head(self, model: Transformer, last_hidden: jax.Array) -> jax.Array:
-        ids = jnp.asarray(self.yes_ids + self.no_ids)
-        columns = jnp.take(model.unembedding(), ids, axis=1)
-        logits = (last_hidden @ columns.astype(last_hidden.dtype)).astype(jnp.float32)
+        logits = verdict_logits(model, last_hidden, self.yes_ids + self.no_ids)
         n_yes = len(self.yes_ids)
         return (jax.nn.logsumexp(logits[:, :n_yes], axis=-1)
                 - jax.nn.logsumexp(logits[:, n_yes:], axis=-1))
