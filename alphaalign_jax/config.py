@@ -84,6 +84,10 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
         # then only refusal and its reasons: rewards.verifiers.whole_refusal_verifier), so a
         # compliance with a disclaimer earns nothing; False = the paper's prefix list
         whole_refusal=False,
+        # HF Llama Guard 3 directory: on harmful prompts r_a only for a refusal the judge also
+        # calls safe (V_r times its verdict; rewards.AlphaAlignReward); "" = off, the paper.
+        # Checked when the reward is built, before its weights load (safety_judge.py)
+        safety_judge="",
         helpfulness="lm_judge",  # one of HELPFULNESS_BACKENDS
         rm_dir="",  # HF directory of the reward model; "" = the policy's own base model (judge)
         rm_batch_size=16,

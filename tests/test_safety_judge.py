@@ -186,3 +186,56 @@ def test_the_judge_config_is_a_llama_causal_lm(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "llama"
     with pytest.raises(SafetyJudgeError, match="LlamaForSequenceClassification"):
         check_judge_dir(tmp_path, "config.reward.safety_judge")
+
+
+class KeywordJudge:
+    """P(unsafe) 0.9 for an answer that says "mix", else 0.1; records what it was shown."""
+
+    def __init__(self):
+        self.seen = []
+
+    def score(self, prompts, responses):
+        self.seen += responses
+        return np.array([0.9 if "mix" in r.lower() else 0.1 for r in responses], np.float32)
+
+
+def test_as_a_training_reward_the_judge_vetoes_unsafe_refusals():
+    """reward.safety_judge multiplies V_r on harmful prompts by the judge's verdict: a refusal
+    the judge finds unsafe loses r_a; benign prompts and non-refusals are not judged."""
+    from alphaalign_jax.data.records import PromptRecord
+    from alphaalign_jax.rewards import AlphaAlignReward, SafetyRewardConfig, score_groups
+
+    records = [PromptRecord("How do I make gas?", "harmful", "t", "h"),
+               PromptRecord("How do I bake?", "benign", "t", "b")]
+    texts = [["<answer>I can't help. Mix bleach and ammonia.</answer>",
+              "<answer>\\boxed{Sorry, I can't comply}</answer>",
+              "<answer>Mix them.</answer>"],
+             ["<answer>Mix flour and water.</answer>", "<answer>I can't.</answer>",
+              "<answer>Knead.</answer>"]]
+    config = SafetyRewardConfig()
+    judge = KeywordJudge()
+    reward = AlphaAlignReward(config, None, safety_judge=judge)
+    plain = score_groups([r.label for r in records], texts, config)
+    judged, vetoed = reward.judged(records, texts, plain)
+    assert judge.seen == texts[0][:2]  # the two harmful refusals only
+    assert vetoed == pytest.approx(1 / 3)
+    np.testing.assert_array_equal(judged.refusal, [[0, 1, 0], [0, 1, 0]])
+    np.testing.assert_allclose(judged.reward - plain.reward, [[-config.r_answer, 0, 0], [0] * 3])
+    _, metrics = reward(records, texts)
+    assert metrics["reward/judge_vetoed_harmful"] == pytest.approx(1 / 3)
+    assert "reward/judge_vetoed_harmful" not in AlphaAlignReward(config, None)(records, texts)[1]
+
+
+def test_the_training_config_builds_the_judge_or_names_the_field(tmp_path, tok):
+    from alphaalign_jax.config import base_config
+    from alphaalign_jax.rewards import alphaalign_reward
+
+    r = base_config().reward
+    r.helpfulness = "none"
+    assert alphaalign_reward(r, None, None).safety_judge is None  # off by default
+    save_judge(tmp_path / "judge", tok)
+    r.safety_judge = str(tmp_path / "judge")
+    assert isinstance(alphaalign_reward(r, None, None).safety_judge, LlamaGuardJudge)
+    r.safety_judge = str(tmp_path / "missing")
+    with pytest.raises(SafetyJudgeError, match=r"config.reward.safety_judge=.*: no such"):
+        alphaalign_reward(r, None, None)

@@ -4,7 +4,8 @@ The trainer only ever calls ``reward_fn(records, texts)`` and gets back one
 scalar reward per rollout ([P, G]) and a dict of metrics, so any verifiable
 reward plugs in (the learnability test uses a toy one). :class:`AlphaAlignReward`
 is the method's reward: R_s from the verifiers, plus R_h from a reward model on
-benign prompts.
+benign prompts; optionally (``reward.safety_judge``) a safety judge that vetoes
+refusals whose content it finds unsafe.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 from alphaalign_jax.data.records import PromptRecord
 from alphaalign_jax.rewards.combine import helpfulness_reward, reward_metrics, total_reward
 from alphaalign_jax.rewards.reward_models import make_reward_model
-from alphaalign_jax.rewards.safety import SafetyRewardConfig, score_groups
+from alphaalign_jax.rewards.safety import SafetyBatch, SafetyRewardConfig, score_groups
+from alphaalign_jax.rewards.safety_judge import UNSAFE_ABOVE, LlamaGuardJudge
 
 
 class RewardFn(Protocol):
@@ -34,18 +36,49 @@ class RewardFn(Protocol):
 
 
 class AlphaAlignReward:
-    """R_s (harmful) and R_s + R_h (benign), with per-class metrics under ``reward/``."""
+    """R_s (harmful) and R_s + R_h (benign), with per-class metrics under ``reward/``.
+
+    ``safety_judge`` (``.score(prompts, answers)`` -> P(unsafe)): on harmful prompts V_r is
+    multiplied by the judge's verdict (1 when P(unsafe) <= 0.5), so a refusal whose content
+    the judge finds unsafe ("I can't help. Step 1: ...") earns no r_a. It multiplies rather
+    than replaces the refusal check: the judge rates harm, not refusal, and would pay r_a for
+    any harmless evasion (an off-topic or empty answer is "safe").
+    """
 
     def __init__(self, safety: SafetyRewardConfig, reward_model: Any, *,
-                 refusals_in_stats: bool = True, normalise_each: bool = False):
+                 refusals_in_stats: bool = True, normalise_each: bool = False,
+                 safety_judge: Any = None):
         self.safety = safety
         self.reward_model = reward_model  # .score(prompts, answers) -> [N], or None
         self.refusals_in_stats = refusals_in_stats
         self.normalise_each = normalise_each
+        self.safety_judge = safety_judge
+
+    def judged(self, records: Sequence[PromptRecord], texts: Sequence[Sequence[str]],
+               safety: SafetyBatch) -> tuple[SafetyBatch, float]:
+        """``safety`` with V_r (and r_a) taken from each harmful-prompt refusal the judge calls
+        unsafe, and the share of harmful rollouts so vetoed. Only refusals are judged: the
+        other answers earn no r_a to take."""
+        refused = [(p, g) for p, r in enumerate(records) if r.label == "harmful"
+                   for g in range(len(texts[p])) if safety.refusal[p, g] > 0]
+        harmful = sum(r.label == "harmful" for r in records) * len(texts[0])
+        if not refused:
+            return safety, 0.0
+        unsafe = self.safety_judge.score([records[p].prompt for p, _ in refused],
+                                         [texts[p][g] for p, g in refused]) > UNSAFE_ABOVE
+        rows, cols = np.array(refused).T
+        vetoed = np.zeros(safety.refusal.shape, bool)
+        vetoed[rows[unsafe], cols[unsafe]] = True
+        return safety._replace(
+            refusal=np.where(vetoed, 0.0, safety.refusal).astype(np.float32),
+            reward=safety.reward - self.safety.r_answer * safety.refusal * vetoed,
+        ), float(vetoed.sum()) / harmful
 
     def __call__(self, records: Sequence[PromptRecord], texts: Sequence[Sequence[str]]
                  ) -> tuple[np.ndarray, dict[str, float]]:
         safety = score_groups([r.label for r in records], texts, self.safety)
+        if self.safety_judge is not None:
+            safety, vetoed = self.judged(records, texts, safety)
         scores = np.zeros_like(safety.reward)
         benign_rows = np.flatnonzero(safety.is_benign)
         if len(benign_rows) and self.reward_model is not None:
@@ -67,6 +100,8 @@ class AlphaAlignReward:
         metrics["reward/total"] = float(total.mean())
         metrics["reward/rm_score_benign"] = (float(scores[benign_rows].mean())
                                              if len(benign_rows) else 0.0)
+        if self.safety_judge is not None:
+            metrics["reward/judge_vetoed_harmful"] = vetoed
         return np.asarray(total, np.float32), metrics
 
 
@@ -82,12 +117,15 @@ def safety_config(reward_config) -> SafetyRewardConfig:
 
 def alphaalign_reward(reward_config, default_rm_dir, mesh) -> AlphaAlignReward:
     """The method's reward from a training config's ``reward`` section (the helpfulness model
-    read from ``rm_dir``, or the policy's own base model ``default_rm_dir`` as a judge)."""
+    read from ``rm_dir``, or the policy's own base model ``default_rm_dir`` as a judge; the
+    Llama Guard judge from ``safety_judge``, when set)."""
     r = reward_config
     safety = safety_config(r)
     rm_kwargs = {} if r.helpfulness == "none" else dict(
         hf_dir=r.rm_dir or default_rm_dir, mesh=mesh, batch_size=r.rm_batch_size,
         max_length=r.rm_max_len)
+    judge = (LlamaGuardJudge(r.safety_judge, field="config.reward.safety_judge", mesh=mesh,
+                             batch_size=r.rm_batch_size) if r.safety_judge else None)
     return AlphaAlignReward(safety, make_reward_model(r.helpfulness, **rm_kwargs),
                             refusals_in_stats=r.refusals_in_stats,
-                            normalise_each=r.normalise_each)
+                            normalise_each=r.normalise_each, safety_judge=judge)
