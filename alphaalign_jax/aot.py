@@ -6,8 +6,8 @@
 The real TPU compiler (libtpu, fetched by ``tools/fetch_assets.py --only libtpu``) compiles
 the programs a training step runs, for the slice's devices and the config's mesh, from
 abstract (weight-free) models: the update (with its micro-batch scan), the reference
-log-prob pass, the sampler's prefill and one decode step / the decode loop, and the reward
-model's forward. Architectures come from the models' HF ``config.json`` (or, for the paper
+log-prob pass, the sampler's prefill and one decode step / the decode loop, the reward
+model's forward and the safety judge's (``reward.safety_judge``: an HF directory or a card). Architectures come from the models' HF ``config.json`` (or, for the paper
 models, the cards in ``configs/architectures/``). Reported per program: per-chip HBM
 (arguments, outputs, temporaries) against the chip's capacity, FLOPs and bytes from XLA's
 cost analysis, and a roofline time at the chip's peak; then the estimated time of one RL
@@ -58,6 +58,7 @@ from alphaalign_jax import sharding as shd  # noqa: E402
 from alphaalign_jax import train as train_lib  # noqa: E402
 from alphaalign_jax.models import ModelConfig  # noqa: E402
 from alphaalign_jax.models.hf_io import abstract_model, architecture, param_shardings  # noqa: E402
+from alphaalign_jax.rewards import safety_judge  # noqa: E402
 from alphaalign_jax.rewards.reward_models import classifier_scores, last_token_hidden  # noqa: E402
 from alphaalign_jax.rl import algorithms  # noqa: E402
 from alphaalign_jax.rl.critic import critic_programs  # noqa: E402
@@ -212,14 +213,24 @@ def _policy_state(c: ml_collections.ConfigDict, policy: ModelConfig, mesh):
     return graphdef, params, rest, tx, opt_sh, _abstract(jax.eval_shape(tx.init, params), opt_sh)
 
 
-def _state_bytes(c: ml_collections.ConfigDict, params, opt_state, rm_params) -> dict[str, int]:
+def _scorer_states(c: ml_collections.ConfigDict, rm: ModelConfig | None, mesh) -> dict:
+    """The abstract scoring models a step keeps loaded, by name: the reward model (``rm``, its
+    architecture) and the safety judge (``reward.safety_judge``)."""
+    archs = {"reward model": rm}
+    if c.reward.safety_judge:
+        archs["safety judge"] = architecture(c.reward.safety_judge, "config.reward.safety_judge")
+    return {name: _model_state(arch, c.model.dtype, c.model.dtype, mesh)
+            for name, arch in archs.items() if arch is not None}
+
+
+def _state_bytes(c: ml_collections.ConfigDict, params, opt_state, scorers: dict
+                 ) -> dict[str, int]:
     """Bytes a chip of what stays resident through a step (the critic's are added with it)."""
     out = {"policy parameters": _per_device_bytes(params),
            "optimizer state": _per_device_bytes(opt_state)}
     if c.algo.beta > 0 or c.algo.kl_penalty > 0:
         out["reference parameters"] = out["policy parameters"]
-    if rm_params is not None:
-        out["reward model"] = _per_device_bytes(rm_params)
+    out.update({name: _per_device_bytes(state[1]) for name, state in scorers.items()})
     return out
 
 
@@ -229,8 +240,7 @@ def resident_bytes(c: ml_collections.ConfigDict, devices: list[jax.Device]) -> i
     mesh = shd.make_mesh(dict(c.mesh), devices=devices)
     policy, rm = _architectures(c)
     _, params, _, _, _, opt_state = _policy_state(c, policy, mesh)
-    rm_params = rm and _model_state(rm, c.model.dtype, c.model.dtype, mesh)[1]
-    return sum(_state_bytes(c, params, opt_state, rm_params).values())
+    return sum(_state_bytes(c, params, opt_state, _scorer_states(c, rm, mesh)).values())
 
 
 def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device],
@@ -271,15 +281,15 @@ def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device],
 
     micro_batches = prompts * group // c.algo.micro_batch_size
     largest = _largest({"params": params, "optimizer": opt_state})
-    rm_state = rm and _model_state(rm, c.model.dtype, c.model.dtype, mesh)
-    state_bytes = _state_bytes(c, params, opt_state, rm_state and rm_state[1])
+    scorers = _scorer_states(c, rm, mesh)
+    state_bytes = _state_bytes(c, params, opt_state, scorers)
     try:
         programs = _update_programs(c, params, rest, opt_state, step, reference,
                                     update_batch, micro_batches,
                                     "reference parameters" in state_bytes)
         reuse = {} if reuse is None else reuse
         if "rollout" not in reuse:
-            reuse["rollout"] = _rollout_programs(c, graphdef, params, rest, rm_state, rows,
+            reuse["rollout"] = _rollout_programs(c, graphdef, params, rest, scorers, rows,
                                                  mesh, width, new)
         programs += reuse["rollout"]
         if algorithm.critic:
@@ -305,26 +315,34 @@ def _update_programs(c, params, rest, opt_state, step, reference, update_batch,
     return programs
 
 
-def _rollout_programs(c, graphdef, params, rest, rm_state, rows, mesh, width: int, new: int
-                      ) -> list[Program]:
-    """The sampler's programs and the reward model's forward: the micro-batch does not
-    change them."""
+def _rollout_programs(c, graphdef, params, rest, scorers: dict, rows, mesh, width: int,
+                      new: int) -> list[Program]:
+    """The sampler's programs and the scoring models' forwards: the micro-batch does not
+    change them. The reward model scores the benign rollouts (taken as half), the safety
+    judge at worst every harmful one, at the length bucket of its instructions, a prompt and
+    a completion."""
     programs = _sampler_programs(c, graphdef, params, rest, mesh, width, new)
-    if rm_state is not None:
-        rm_graphdef, rm_params, rm_rest = rm_state
+    rollouts = c.train.prompts_per_step * c.rollout.num_samples
+    heads = {"reward model": lambda m, h: (classifier_scores(m, h) if m.score is not None
+                                           else h[:, 0]),
+             "safety judge": lambda m, h: safety_judge.p_unsafe(m, h, (0, 1))}
+    judged = safety_judge.INSTRUCTION_TOKENS + c.rollout.max_prompt_len + new
+    shapes = {"reward model": (c.reward.rm_batch_size, c.reward.rm_max_len),
+              "safety judge": (c.reward.rm_batch_size, 1 << (judged - 1).bit_length())}
+    scored = {"reward model": rollouts // 2,
+              "safety judge": math.ceil(rollouts * c.data.harmful_fraction)}
+    for name, (scorer_graphdef, scorer_params, scorer_rest) in scorers.items():
 
-        def rm_forward(p, r, ids, mask):
-            model = nnx.merge(rm_graphdef, p, r)
-            hidden = last_token_hidden(model, ids, mask)
-            return classifier_scores(model, hidden) if model.score is not None else hidden[:, 0]
+        def forward(p, r, ids, mask, graphdef=scorer_graphdef, head=heads[name]):
+            model = nnx.merge(graphdef, p, r)
+            return head(model, last_token_hidden(model, ids, mask))
 
-        shape = (c.reward.rm_batch_size, c.reward.rm_max_len)
-        benign_rollouts = c.train.prompts_per_step * c.rollout.num_samples // 2
+        shape = shapes[name]
         programs.append(Program(
-            "reward model forward",
-            _compile("reward model", jax.jit(rm_forward).lower(
-                rm_params, rm_rest, rows(shape, jnp.int32), rows(shape, jnp.bool_))),
-            _per_device_bytes(rm_params), math.ceil(benign_rollouts / shape[0])))
+            f"{name} forward",
+            _compile(name, jax.jit(forward).lower(
+                scorer_params, scorer_rest, rows(shape, jnp.int32), rows(shape, jnp.bool_))),
+            _per_device_bytes(scorer_params), math.ceil(scored[name] / shape[0])))
     return programs
 
 
@@ -390,7 +408,7 @@ def _layer_costs(c: ml_collections.ConfigDict, devices: list[jax.Device], reuse:
     the same, and docs/tpu_plans.md checks it against a full-depth unrolled compile. The
     reward model is not scanned: its own compile's cost stands."""
     probe = ml_collections.ConfigDict(c.to_dict())
-    probe.reward.helpfulness = "none"
+    probe.reward.helpfulness, probe.reward.safety_judge = "none", ""
     depth = _architectures(c)[0].num_layers
     one, two = ({p.name: p.cost() for p in compile_programs(
         probe, devices, reuse.setdefault(("depth", n), {}), num_layers=n)[0]} for n in (1, 2))

@@ -85,6 +85,26 @@ def test_ppo_plan_compiles_the_critic_and_keeps_it_resident(tmp_path):
     assert programs["critic values"]["flops"] > 0
 
 
+def test_the_safety_judge_is_resident_and_its_forward_compiled(tmp_path):
+    """reward.safety_judge (a 2-layer judge here): its weights stay resident, and its forward
+    runs over the step's harmful rollouts (8 x 4 x 0.5 = 16, 2 batches of 8) at the length
+    bucket of its instructions, a prompt and a completion (384 + 64 + 32 -> 512)."""
+    (tmp_path / "judge").mkdir()
+    (tmp_path / "judge" / "config.json").write_text(json.dumps({**TINY, "vocab_size": 1024}))
+    out = run_aot(tmp_path, f"--config.reward.safety_judge={tmp_path / 'judge'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    programs = {p["program"]: p for p in plan["programs"]}
+    judge = programs["safety judge forward"]
+    assert judge["runs_a_step"] == 2 and judge["flops"] > 0
+    # per chip: float32 weights sharded over 8 chips, embeddings and head of 1024 x 64 each
+    params = 2 * 1024 * 64 + 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64) + 64
+    state = plan["resident_state_bytes"]["safety judge"]
+    assert params * 4 / 8 <= state <= 1.1 * params * 4 / 8
+    # the same blocks as the reward model (the LM judge: the policy's), over 512 tokens, not 96
+    assert judge["flops"] > 4 * programs["reward model forward"]["flops"]
+
+
 def test_a_scanned_plan_costs_what_one_block_a_layer_costs(tmp_path):
     """XLA's cost analysis counts the scanned layers' loop body once; the plan reads the cost
     from 1- and 2-block probes instead, so a 4-block scanned model (PPO: the critic is scanned

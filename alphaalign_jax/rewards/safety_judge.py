@@ -30,6 +30,9 @@ from alphaalign_jax.rewards.reward_models import BucketedTransformerRM, verdict_
 
 VERDICTS = ("safe", "unsafe")
 UNSAFE_ABOVE = 0.5  # an answer is unsafe when P(unsafe) is above this
+# Tokens Llama Guard 3's template adds around the conversation (its task, 14 categories and
+# instructions render to about 300), for planning the length a judged rollout needs
+INSTRUCTION_TOKENS = 384
 
 
 class SafetyJudgeError(CheckpointError):
