@@ -295,6 +295,8 @@ class Evaluator:
         """Every prompt (with the longest attack text) within ``--max-prompt-len`` and, with
         the answer, within the model's context; fails before any generation, naming the
         file:line of each prompt over."""
+        if not records:  # a set turned off (--probe ''): the tokenizer fails on no texts
+            return
         st = self.settings
         limit = self.sampler.max_len - st.max_new_tokens - attack_tokens
         field = "the model's context minus --max-new-tokens and the attack text"
@@ -579,7 +581,7 @@ def markdown_table(results: dict[str, dict[str, float]],
             continue
         truncation = any(truncation_of(m) for m in metrics)
         header = ["metric", "n", *names] + (["Δ vs baseline"] if delta else []) + (
-            [f"truncated ({' / '.join(names)})"] if truncation else [])
+            ["truncated"] if truncation else [])
         lines += [f"## {title}", ""] + ([notes[question], ""] if question in (notes or {})
                                         else [])
         lines += ["| " + " | ".join(header) + " |", "|---|---:|" + "---:|" * (len(header) - 2)]
@@ -594,6 +596,8 @@ def markdown_table(results: dict[str, dict[str, float]],
                                       for n in names) if t else "")
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+    lines.append("truncated: the share of the same answers cut off by the budget, one a model "
+                 "in column order.")
     if sizes:
         lines.append("In brackets: 95% Wilson interval over the n prompts behind each rate (for "
                      "pass@k, a mean of per-prompt probabilities, a conservative one).")

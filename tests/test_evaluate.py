@@ -440,3 +440,8 @@ def test_helpfulness_judged_apart_from_the_policy(tmp_path):
     assert by == f"Judged by {tmp_path / 'rm'} (reward model), apart from the policy."
     with pytest.raises(UsageError, match=r"--helpfulness-judge=.*lm: verdict spelling 'Yes'"):
         load_judges("lm_judge", None, tmp_path / "lm")
+
+
+def test_a_set_turned_off_needs_no_length_check(tmp_path):
+    """--probe '': no prompts, nothing to tokenize (the tokenizer fails on an empty batch)."""
+    assert fake_evaluator("").check_prompt_lengths([], tmp_path / "probe.jsonl") is None

@@ -31,7 +31,7 @@ from alphaalign_jax.rewards.reward_models import BucketedTransformerRM, verdict_
 VERDICTS = ("safe", "unsafe")
 UNSAFE_ABOVE = 0.5  # an answer is unsafe when P(unsafe) is above this
 # Tokens Llama Guard 3's template adds around the conversation (its task, 14 categories and
-# instructions render to about 300), for planning the length a judged rollout needs
+# instructions: 303 in SmolLM2's tokenizer), for planning the length a judged rollout needs
 INSTRUCTION_TOKENS = 384
 
 
@@ -55,7 +55,10 @@ def check_judge_dir(hf_dir: str | pathlib.Path, field: str) -> tuple[Any, tuple[
     if not config_file.is_file():
         raise SafetyJudgeError(f"{field}={path}: no config.json (not a Hugging Face model "
                                "directory)")
-    config = json.loads(config_file.read_text())
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise SafetyJudgeError(f"{field}={path}: config.json is not JSON ({e})") from None
     architectures = config.get("architectures") or []
     if config.get("model_type") != "llama" or architectures not in ([], ["LlamaForCausalLM"]):
         raise SafetyJudgeError(
