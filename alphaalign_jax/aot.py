@@ -7,8 +7,9 @@ The real TPU compiler (libtpu, fetched by ``tools/fetch_assets.py --only libtpu`
 the programs a training step runs, for the slice's devices and the config's mesh, from
 abstract (weight-free) models: the update (with its micro-batch scan), the reference
 log-prob pass, the sampler's prefill and one decode step / the decode loop, the reward
-model's forward and the safety judge's (``reward.safety_judge``: an HF directory or a card). Architectures come from the models' HF ``config.json`` (or, for the paper
-models, the cards in ``configs/architectures/``). Reported per program: per-chip HBM
+model's forward and the safety judge's (``reward.safety_judge``). Architectures come from
+the models' HF ``config.json`` (or, for the paper models and Llama Guard 3 8B, the cards in
+``configs/architectures/``). Reported per program: per-chip HBM
 (arguments, outputs, temporaries) against the chip's capacity, FLOPs and bytes from XLA's
 cost analysis, and a roofline time at the chip's peak; then the estimated time of one RL
 step. A config that does not fit exits with status 1, naming the program, the bytes and the
