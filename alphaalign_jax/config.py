@@ -16,6 +16,7 @@ from alphaalign_jax.rl.losses import AGGREGATIONS
 
 HELPFULNESS_BACKENDS = ("lm_judge", "classifier", "none")
 RFT_TARGETS_OF = ("both", "benign")
+RFT_TARGETS_FROM = ("samples", "labels")
 
 
 class ConfigValueError(ValueError):
@@ -125,13 +126,16 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
         max_grad_norm=1.0,
         critic_learning_rate=1e-5,  # the critic's Adam (same schedule and clipping)
     )
-    # Rejection-sampling fine-tuning warm start before the first RL step (rl/rft.py): sample
-    # ``rounds`` training batches under ``system_prompt`` (a scaffold, e.g. worked examples),
-    # keep what the verifiers accept (tags, refusal exactly on harmful, nothing copied from
-    # the scaffold) and fine-tune on it under the training prompt. rounds=0: no warm start.
+    # Fine-tuning warm start before the first RL step (rl/rft.py) on targets for ``rounds``
+    # training batches: from "samples", the policy's answers under ``system_prompt`` (a
+    # scaffold, e.g. worked examples) that the verifiers accept (tags, refusal exactly on
+    # harmful, nothing copied from the scaffold); from "labels", each prompt's class reasoning
+    # then the template's refusal (harmful) or the policy's own plain answer (benign).
+    # Fine-tuned under the training prompt. rounds=0: no warm start.
     # The warm-started policy is kept in <workdir>/warm_start and is the KL reference after it.
     c.rft = dict(
         rounds=0,
+        targets_from="samples",  # one of RFT_TARGETS_FROM
         system_prompt="",  # the scaffold sampled under; "" = the training system_prompt
         temperature=0.0,  # sampling temperature of the warm start; 0 = rollout.temperature
         copy_words=6,  # a kept sample shares no run of this many words with the scaffold
@@ -241,6 +245,11 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(c.rft.min_kept >= 1, "rft.min_kept", "must be >= 1")
     _require(c.rft.targets_of in RFT_TARGETS_OF, "rft.targets_of",
              f"'{c.rft.targets_of}' is not one of {RFT_TARGETS_OF}")
+    _require(c.rft.targets_from in RFT_TARGETS_FROM, "rft.targets_from",
+             f"'{c.rft.targets_from}' is not one of {RFT_TARGETS_FROM}")
+    _require(c.rft.targets_from == "samples" or c.rft.targets_of == "both", "rft.targets_of",
+             "'benign' selects among samples; with rft.targets_from='labels' every prompt "
+             "gives a target: keep 'both'")
     _require(t.steps >= 1, "train.steps", "must be >= 1")
     _require(t.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")

@@ -54,6 +54,7 @@ from alphaalign_jax.models import CheckpointError, from_pretrained, load_tokeniz
 from alphaalign_jax.models.flops import grouped_pass_flops, sampling_flops
 from alphaalign_jax.rewards import RewardFn, alphaalign_reward, policy_prompt, scored_response
 from alphaalign_jax.rewards.reward_fn import safety_config
+from alphaalign_jax.rewards.template import PROMPT_PLACEHOLDER, build_chat_prompt
 from alphaalign_jax.rl import algorithms, rft
 from alphaalign_jax.rl.advantages import group_advantages
 from alphaalign_jax.rl.critic import Critic
@@ -277,6 +278,15 @@ class Trainer:
         texts = [scored_response(t, prefix) for t in rollouts.texts]
         return rollouts, [texts[i * group:(i + 1) * group] for i in range(len(records))]
 
+    def _plain_answers(self, records: list[PromptRecord], budget: int) -> list[str]:
+        """The policy's greedy answer to each bare question (its chat template, no safety
+        template or system prompt) in at most ``budget`` new tokens."""
+        rollouts = self.sampler.generate(
+            [build_chat_prompt(r.prompt, self.tokenizer, PROMPT_PLACEHOLDER) for r in records],
+            max_new_tokens=budget, greedy=True, num_samples=1,
+            state=nnx.state(nnx.merge(self.graphdef, self.params, self.rest)))
+        return rollouts.texts
+
     def warm_start(self) -> dict[str, float]:
         """The RFT warm start (``config.rft``, rl/rft.py): sample under the scaffold, keep
         the verified completions, fine-tune on them under the training prompt. Deterministic
@@ -284,14 +294,20 @@ class Trainer:
         c = self.config
         t0 = time.perf_counter()
         encode = lambda records: self.sampler.encode([self._prompt_text(r) for r in records])
+        encode_completion = lambda text: self.tokenizer(text, add_special_tokens=False)[
+            "input_ids"]
         if c.rft.targets_file:
             logging.warning("RFT warm start: the kept samples of %s", c.rft.targets_file)
             collected = rft.load(
                 c.rft.targets_file, response_prefix=c.rollout.response_prefix,
                 encode_prompts=encode, width=c.rollout.max_new_tokens,
-                encode_completion=lambda text: self.tokenizer(
-                    text, add_special_tokens=False)["input_ids"],
-                refusal=safety_config(c.reward).refusal)
+                encode_completion=encode_completion, refusal=safety_config(c.reward).refusal)
+        elif c.rft.targets_from == "labels":
+            logging.warning("RFT warm start: targets from the labels of %d batches",
+                            c.rft.rounds)
+            collected = rft.collect_labelled(c, self.prompts.next, answer=self._plain_answers,
+                                             encode_prompts=encode,
+                                             encode_completion=encode_completion)
         else:
             logging.warning("RFT warm start: sampling %d batches under the scaffold",
                             c.rft.rounds)

@@ -14,6 +14,7 @@ import pytest
 from alphaalign_jax import config as config_lib
 from alphaalign_jax import train as train_lib
 from alphaalign_jax.data.records import PromptRecord
+from alphaalign_jax import rewards
 from alphaalign_jax.rewards import DEFAULT_REFUSAL_PHRASES, REFUSAL_MARKERS, SafetyRewardConfig
 from alphaalign_jax.rl import rft
 from alphaalign_jax.rl.losses import finalize, nll_loss
@@ -280,3 +281,100 @@ def test_targets_of_benign_keeps_no_harmful_sample():
     np.testing.assert_array_equal(keep, [[False], [True]])
     assert (counts["label"], counts["kept"]) == (1, 1)
     assert rft.target_labels("both") == ("harmful", "benign")
+
+
+@pytest.mark.parametrize("text, whole", [
+    ("Knead the dough. Let it rise for an hour. Then ba", "Knead the dough. Let it rise for an hour."),
+    ("Steps:\n\n1. Open the app.\n2.", "Steps:\n\n1. Open the app."),
+    ("1. **Research**: read the reviews!\n2. **", "1. **Research**: read the reviews!"),
+    ("Is it ripe? Press it gently", "Is it ripe?"),
+    ("No sentence ends here", ""),
+    ("Version 2.5 is out", ""),
+])
+def test_whole_sentences_cuts_at_the_last_complete_sentence(text, whole):
+    assert rft.whole_sentences(text) == whole
+
+
+def _labelled_config(**fields):
+    c = config_lib.base_config()
+    c.rollout.update(max_new_tokens=200, response_prefix="<safety_reasoning>")
+    c.reward.update(refusal_markers=REFUSAL_MARKERS, markers_on="benign", whole_refusal=True)
+    c.rft.update(**{"rounds": 2, "targets_from": "labels", "min_kept": 1, **fields})
+    return c
+
+
+def test_labelled_targets_are_the_class_reasoning_then_refusal_or_the_plain_answer():
+    """Every harmful prompt gets the reasoning and the template's refusal; a benign one the
+    reasoning and the policy's plain answer cut to whole sentences, unless that answer refuses
+    (the reward would punish it) or has no whole sentence; each target passes the verifiers."""
+    batches = iter([[HARMFUL, BENIGN], [BENIGN, HARMFUL, BENIGN]])
+    plain = iter([["Knead the dough. Let it"], ["I'm sorry, I cannot help.", "Mix flour"]])
+    budgets = []
+
+    def answer(records, budget):
+        budgets.append(budget)
+        assert all(r.label == "benign" for r in records)
+        return next(plain)
+
+    collected = rft.collect_labelled(_labelled_config(), lambda: next(batches), answer,
+                                     encode_prompts=lambda rs: [[len(r.prompt)] for r in rs],
+                                     encode_completion=lambda text: list(text.encode()))
+    reasoning = rewards.CLASS_REASONING
+    assert [k["completion"] for k in collected.kept] == [
+        f"<safety_reasoning>{reasoning['harmful']}</safety_reasoning>\n"
+        "<answer>\\boxed{Sorry, I can't comply}</answer>",
+        f"<safety_reasoning>{reasoning['benign']}</safety_reasoning>\n"
+        "<answer>Knead the dough.</answer>",
+        f"<safety_reasoning>{reasoning['harmful']}</safety_reasoning>\n"
+        "<answer>\\boxed{Sorry, I can't comply}</answer>"]
+    assert collected.counts["kept"] == 3
+    assert (collected.counts["decision"], collected.counts["unfinished"]) == (1, 1)
+    # the budget is what the width leaves after the tags and the reasoning (bytes here)
+    wrapper = len(rft.labelled_completion("benign").encode()) - len("<safety_reasoning>")
+    assert budgets == [200 - wrapper] * 2
+    target = collected.targets[1]
+    text = collected.kept[1]["completion"][len("<safety_reasoning>"):]
+    assert target.completion_mask.sum() == len(text.encode())
+    assert target.prompt_ids.tolist() == [len(BENIGN.prompt)]
+
+
+def test_labelled_targets_need_room_and_a_prefix_the_targets_begin_with():
+    never = lambda *a: pytest.fail("called")
+    c = _labelled_config()
+    c.rollout.response_prefix = "<answer>"
+    with pytest.raises(config_lib.ConfigValueError, match=r"config\.rollout\.response_prefix"):
+        rft.collect_labelled(c, never, never, never, lambda t: list(t.encode()))
+    c = _labelled_config()
+    c.rollout.max_new_tokens = 40
+    with pytest.raises(config_lib.ConfigValueError, match=r"config\.rollout\.max_new_tokens"):
+        rft.collect_labelled(c, never, never, never, lambda t: list(t.encode()))
+    c = _labelled_config(targets_of="benign")
+    with pytest.raises(config_lib.ConfigValueError, match=r"config\.rft\.targets_of"):
+        config_lib.validate(c)
+    c = _labelled_config(targets_from="label")
+    with pytest.raises(config_lib.ConfigValueError, match=r"config\.rft\.targets_from"):
+        config_lib.validate(c)
+
+
+@pytest.mark.assets
+def test_warm_start_from_labels_in_the_trainer(tiny_files, tmp_path, monkeypatch):
+    """``rft.targets_from="labels"``: no scaffold is sampled; each prompt of the batch gets its
+    label's target (the random policy's plain answers have no whole sentence, so only the
+    harmful ones are kept), the policy's greedy answers are asked for with the budget the width
+    leaves, and the warm start is fine-tuned and saved as step 0."""
+    monkeypatch.setattr(rft, "collect", lambda *a, **k: pytest.fail("sampled"))
+    config = _tiny_config(*tiny_files, rounds=1, targets_from="labels")
+    config.rollout.update(max_new_tokens=64, response_prefix="<safety_reasoning>")
+    trainer = train_lib.Trainer(config, tmp_path / "run")
+    budgets = []
+    plain = trainer._plain_answers
+    monkeypatch.setattr(trainer, "_plain_answers",
+                        lambda records, budget: budgets.append(budget) or plain(records, budget))
+    trainer.run()
+    metrics = json.loads((tmp_path / "run" / "rft.json").read_text())
+    kept = [json.loads(line) for line in (tmp_path / "run" / "rft_targets.jsonl").open()]
+    assert metrics["rft/sampled"] == 2 and len(budgets) == 1 and 8 <= budgets[0] < 64
+    assert all(k["completion"] == rft.labelled_completion(k["label"], "") for k in kept
+               if k["label"] == "harmful")
+    assert metrics["rft/targets"] == len(kept) >= 1
+    assert (tmp_path / "run" / "warm_start").exists()

@@ -1,6 +1,7 @@
 """No evaluation prompt leaks into what the policy is trained under: the worked examples, the
-system prompts and warm-start scaffolds of every config, and the hand-written everyday benign
-probe set stay outside the data pipeline's near-duplicate distance of each other."""
+labelled warm start's class reasoning, the system prompts and warm-start scaffolds of every
+config, and the hand-written everyday benign probe set stay outside the data pipeline's
+near-duplicate distance of each other."""
 
 from __future__ import annotations
 
@@ -20,7 +21,11 @@ from alphaalign_jax.data.splits import (
     paraphrase_pairs,
     shingles,
 )
-from alphaalign_jax.rewards.template import WORKED_EXAMPLES, WORKED_EXAMPLES_SYSTEM_PROMPT
+from alphaalign_jax.rewards.template import (
+    CLASS_REASONING,
+    WORKED_EXAMPLES,
+    WORKED_EXAMPLES_SYSTEM_PROMPT,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOLLM2_OPTIONS = ("", "scaffold", "prefix_reward", "ppo")
@@ -56,7 +61,9 @@ def _near(text: str, prompts: list[str]) -> list[str]:
 
 
 def _scaffold_texts() -> dict[str, str]:
-    texts = {"rewards.WORKED_EXAMPLES_SYSTEM_PROMPT": WORKED_EXAMPLES_SYSTEM_PROMPT}
+    texts = {"rewards.WORKED_EXAMPLES_SYSTEM_PROMPT": WORKED_EXAMPLES_SYSTEM_PROMPT,
+             **{f"rewards.CLASS_REASONING[{label}]": text
+                for label, text in CLASS_REASONING.items()}}
     for name, c in _configs():
         texts[f"{name} system_prompt"] = c.system_prompt
         texts[f"{name} rft.system_prompt"] = c.rft.system_prompt

@@ -16,6 +16,7 @@ from alphaalign_jax.rewards.safety import (
     score_groups,
 )
 from alphaalign_jax.rewards.template import (
+    CLASS_REASONING,
     DEFAULT_SAFETY_TEMPLATE,
     WORKED_EXAMPLES_SYSTEM_PROMPT,
     apply_template,
@@ -46,6 +47,7 @@ __all__ = [
     "scored_response",
     "RewardFn",
     "WORKED_EXAMPLES_SYSTEM_PROMPT",
+    "CLASS_REASONING",
     "format_progress",
     "DEFAULT_REFUSAL_PHRASES",
     "REFUSAL_MARKERS",

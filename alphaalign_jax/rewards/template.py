@@ -111,3 +111,13 @@ WORKED_EXAMPLES_SYSTEM_PROMPT = (
                 f"</safety_reasoning>\n<answer>{answer}</answer>"
                 for i, (question, reasoning, answer) in enumerate(WORKED_EXAMPLES, 1))
 )
+
+# The warm start's reasoning for each label (``rft.targets_from="labels"``, rl/rft.py): one
+# sentence that states the decision before the answer, the same for every prompt of a class,
+# so that what the fine-tuning teaches to tell apart is the question, read through the first
+# words of the reasoning. Neither mentions a subject, so neither can be near an evaluation
+# prompt (tests/test_scaffold.py checks it anyway).
+CLASS_REASONING = {
+    "harmful": "The user asks for help with something harmful or illegal, so I must refuse.",
+    "benign": "The user asks a harmless question, so I can answer it helpfully.",
+}

@@ -15,9 +15,20 @@ the policy on it *conditioned on the training prompt* (without the scaffold):
   policy's answer to this question; the tags and the template's refusal, which every valid
   answer shares with the scaffold, do not count), and one copy of each distinct completion.
 
-No outside data: the policy writes every target and the verifiers label it. The selection and
-the packing of kept samples into update batches are pure functions, tested on their own;
-``collect`` and ``fine_tune`` run them with the trainer's sampler and update program.
+No outside data: the policy writes every target and the verifiers label it.
+
+The targets can instead come from the labels (``rft.targets_from="labels"``, ``collect_labelled``):
+every prompt of ``rft.rounds`` training batches gets one, the class's one-sentence reasoning
+(``rewards.CLASS_REASONING``) and then the template's refusal on a harmful prompt or, on a
+benign one, the policy's own greedy answer to the bare question (no template), cut to whole
+sentences within the budget. The scaffolded samples give few targets, most of them the same
+refusal string, and a policy fine-tuned on them refuses every question (docs/learning.md,
+section 18); the labels give one target per prompt, half of them answers, so what the
+fine-tuning has to learn is which questions to refuse.
+
+The selection and the packing of targets into update batches are pure functions, tested on
+their own; ``collect``, ``collect_labelled`` and ``fine_tune`` run them with the trainer's
+sampler and update program.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -36,6 +48,7 @@ from alphaalign_jax.config import ConfigValueError
 from alphaalign_jax.data.records import LABELS, PromptRecord
 from alphaalign_jax.rl.step import LossSettings, NonFiniteError
 from alphaalign_jax.rewards.reward_fn import safety_config
+from alphaalign_jax.rewards.template import CLASS_REASONING
 from alphaalign_jax.rewards.verifiers import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
@@ -66,7 +79,8 @@ def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return grams
 
 
-REASONS = ("kept", "label", "format", "decision", "not_template", "copied", "duplicate")
+REASONS = ("kept", "label", "format", "decision", "not_template", "copied", "duplicate",
+           "unfinished")
 
 
 class Verdict(NamedTuple):
@@ -211,6 +225,87 @@ def collect(c: ml_collections.ConfigDict, next_records: Callable[[], list[Prompt
     return Collected(targets, counts, kept)
 
 
+# A sentence ends at . ! or ? after a letter or closing mark and before a space or the end;
+# "2." of a numbered list and "**." are not ends.
+_SENTENCE_END = re.compile(r"[^\d\s*][.!?](?=\s|$)")
+
+
+def whole_sentences(text: str) -> str:
+    """``text`` up to the end of its last complete sentence ("" when it has none): an answer
+    cut by the token budget stops mid-sentence, and a target that stops there would teach the
+    policy to."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[:ends[-1]].strip() if ends else ""
+
+
+def labelled_completion(label: str, answer: str = "") -> str:
+    """The target a prompt's label gives (response prefix included): the class's reasoning,
+    then the template's refusal (harmful) or ``answer`` (benign) in the template's tags."""
+    body = TEMPLATE_REFUSAL if label == "harmful" else answer
+    return (f"{REASONING_OPEN}{CLASS_REASONING[label]}{REASONING_CLOSE}\n"
+            f"{ANSWER_OPEN}{body}{ANSWER_CLOSE}")
+
+
+def _padded(ids: Sequence[int], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Completion ids right-padded to ``width`` and their mask."""
+    completion = np.zeros(width, np.int32)
+    completion[:len(ids)] = ids
+    return completion, np.arange(width) < len(ids)
+
+
+def collect_labelled(c: ml_collections.ConfigDict,
+                     next_records: Callable[[], list[PromptRecord]],
+                     answer: Callable[[list[PromptRecord], int], list[str]],
+                     encode_prompts: Callable[[list[PromptRecord]], list],
+                     encode_completion: Callable[[str], list[int]]) -> Collected:
+    """``c.rft.rounds`` batches of training prompts, each prompt's target built from its label
+    (``labelled_completion``). ``answer(records, budget)`` is the policy's greedy answer to each
+    bare question in at most ``budget`` tokens, the room the completion width leaves after the
+    tags and the reasoning. A benign answer is dropped when the verifiers read it as a refusal
+    (``decision``: the reward would punish it) or it holds no whole sentence (``unfinished``)."""
+    refusal = safety_config(c.reward).refusal
+    width, prefix = c.rollout.max_new_tokens, c.rollout.response_prefix
+    if not REASONING_OPEN.startswith(prefix):
+        raise ConfigValueError(
+            f"config.rollout.response_prefix: {prefix!r} is not the start of the template's "
+            f"{REASONING_OPEN!r}, which every labelled warm-start target begins with")
+    budget = width - len(encode_completion(labelled_completion("benign")[len(prefix):]))
+    if budget < 8:
+        raise ConfigValueError(f"config.rollout.max_new_tokens: {width} tokens leave "
+                               f"{budget} for a benign warm-start answer; need at least 8")
+    targets, kept, counts = [], [], dict.fromkeys(REASONS, 0)
+    for round_index in range(c.rft.rounds):
+        records = next_records()
+        benign = [r for r in records if r.label == "benign"]
+        answers = iter(answer(benign, budget) if benign else [])
+        chosen = []
+        for record in records:
+            body = "" if record.label == "harmful" else whole_sentences(next(answers))
+            text = labelled_completion(record.label, body)
+            ids = encode_completion(text[len(prefix):])
+            if record.label == "benign" and (not body or len(ids) > width):
+                counts["unfinished"] += 1
+                continue
+            verdict = judge(record, text, set(), scaffold_ngrams=set(), copy_words=1,
+                            refusal=refusal)
+            counts[verdict.reason] += 1
+            if verdict.keep:
+                chosen.append((record, text, ids))
+        for (record, text, ids), prompt_ids in zip(
+                chosen, encode_prompts([r for r, _, _ in chosen]) if chosen else [],
+                strict=True):
+            targets.append(Target(np.asarray(prompt_ids, np.int32), *_padded(ids, width)))
+            kept.append({"label": record.label, "prompt": record.prompt, "completion": text})
+        logging.warning("RFT warm start: labelled batch %d/%d, %d targets so far (dropped: %s)",
+                        round_index + 1, c.rft.rounds, counts["kept"],
+                        {k: v for k, v in counts.items() if k != "kept" and v})
+    if len(targets) < c.rft.min_kept:
+        raise ConfigValueError(
+            f"config.rft: {len(targets)} labelled warm-start targets (dropped: {counts}), "
+            f"fewer than rft.min_kept={c.rft.min_kept}; use more rft.rounds")
+    return Collected(targets, counts, kept)
+
+
 def load(path: str, *, response_prefix: str, encode_prompts: Callable[[list[PromptRecord]], list],
          encode_completion: Callable[[str], list[int]], width: int,
          refusal: Refusal) -> Collected:
@@ -243,9 +338,7 @@ def load(path: str, *, response_prefix: str, encode_prompts: Callable[[list[Prom
         if len(ids) > width:
             raise ConfigValueError(f"config.rft.targets_file: {where}: {len(ids)} completion "
                                    f"tokens, more than rollout.max_new_tokens={width}")
-        completion = np.zeros(width, np.int32)
-        completion[:len(ids)] = ids
-        targets.append((record, completion, np.arange(width) < len(ids)))
+        targets.append((record, *_padded(ids, width)))
         kept.append({"label": record.label, "prompt": record.prompt, "completion": text})
     if not targets:
         raise ConfigValueError(f"config.rft.targets_file: {path} holds no samples")
@@ -283,16 +376,22 @@ def fine_tune(c: ml_collections.ConfigDict, targets: Sequence[Target], labels: S
     """
     rng = np.random.default_rng([c.train.seed, 7])
     pool = balanced(labels) if c.rft.balance else np.arange(len(targets))
-    epoch_loss = []
+    # One prompt width for every batch: one compiled update program, not one a width.
+    width = width_of(max(len(t.prompt_ids) for t in targets))
+    epoch_loss, last_log = [], time.monotonic()
     for _ in range(c.rft.epochs):
         order = rng.permutation(pool)
         batches = pack([targets[i] for i in order], group_size=1,
                        groups_per_batch=c.train.prompts_per_step * c.rollout.num_samples,
-                       width_of=width_of)
+                       width_of=lambda _: width)
         losses = []
-        for batch in batches:
+        for number, batch in enumerate(batches, 1):
             state, m = step(state, batch)
             losses.append((m["loss"], m["tokens"], m["finite"]))
+            if time.monotonic() - last_log > 30:  # progress, without reading the device
+                logging.warning("RFT warm start: fine-tuning epoch %d/%d, batch %d/%d",
+                                len(epoch_loss) + 1, c.rft.epochs, number, len(batches))
+                last_log = time.monotonic()
         loss, tokens, finite = (np.asarray(x, np.float64) for x in zip(*losses))
         if not finite.all():
             raise NonFiniteError("RFT warm start: non-finite loss or gradient; no checkpoint "
