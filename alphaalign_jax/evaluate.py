@@ -506,11 +506,14 @@ def agreement(judge_unsafe: Sequence[bool], verifier_unsafe: Sequence[bool]) -> 
 
 
 def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95% Wilson score interval of a proportion observed on n prompts (sound for the
-    small n and the rates near 0 or 1 that these sets give)."""
-    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    """The Wilson score interval (95% at z = 1.96) of a proportion observed on n prompts:
+    sound for the small n and the rates near 0 or 1 that these sets give (scipy's)."""
+    from scipy import stats
+
+    confidence = 2 * stats.norm.cdf(z) - 1
+    ci = stats.binomtest(round(rate * n), n).proportion_ci(confidence_level=confidence,
+                                                           method="wilson")
+    return max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
 QUESTIONS = {
