@@ -1,4 +1,4 @@
-"""Safety evaluation of a policy (HF directory or orbax checkpoint), side by side with a baseline.
+r"""Safety evaluation of a policy (HF directory or orbax checkpoint), side by side with a baseline.
 
     python -m alphaalign_jax.evaluate --run runs/smollm2 --model runs/smollm2/checkpoints/20 \
         --baseline assets/models/SmolLM2-135M-Instruct --out runs/smollm2/eval [--max-per-set 16]
