@@ -3,6 +3,7 @@ mini-batches, KL in the reward): resume exactness, preemption, meshes, config.""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 from alphaalign_jax import config as config_lib
 from tests.tiny_run import (
+    PROMPTS,
     REPO,
     deterministic,
     make_tiny_policy,
@@ -269,6 +271,41 @@ def test_trained_checkpoint_exports_to_transformers(uninterrupted, tmp_path):
         checkpoint.read_model_config(step_dir)[1], dtype=torch.float32)
     with torch.no_grad():
         assert not np.allclose(initial(torch.tensor(ids)).logits.numpy(), ref, atol=1e-4)
+    # the export is the trained model: its chat template renders the trainer's prompt byte for
+    # byte, its generation config stops at </answer>, and it has a model card
+    from alphaalign_jax.rewards import policy_prompt
+
+    c = json.loads((workdir / "config.json").read_text())
+    base = transformers.AutoTokenizer.from_pretrained(c["model"]["hf_dir"])
+    exported = transformers.AutoTokenizer.from_pretrained(out)
+    for query in [p for _, p in PROMPTS] + ['a {prompt} slot, "quotes" and \\boxed{x}\n']:
+        assert exported.apply_chat_template(
+            [{"role": "user", "content": query}], add_generation_prompt=True, tokenize=False
+        ) == policy_prompt(query, base, c["template"], c["system_prompt"],
+                           c["rollout"]["response_prefix"])
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["stop_strings"] == ["</answer>"] and generation["do_sample"]
+    card = (out / "README.md").read_text()
+    assert "step 4" in card and c["rollout"]["response_prefix"] in card
+
+
+@pytest.mark.parametrize("system_prompt", ["", "Answer in the format of these examples."])
+@pytest.mark.parametrize("response_prefix", ["", "<safety_reasoning>"])
+def test_run_chat_template_renders_the_policy_prompt(smollm2_dir, system_prompt,
+                                                     response_prefix):
+    import transformers
+
+    from alphaalign_jax.export import run_chat_template
+    from alphaalign_jax.rewards import DEFAULT_SAFETY_TEMPLATE, policy_prompt
+
+    base = transformers.AutoTokenizer.from_pretrained(smollm2_dir)
+    tok = transformers.AutoTokenizer.from_pretrained(smollm2_dir)
+    tok.chat_template = run_chat_template(base.chat_template, DEFAULT_SAFETY_TEMPLATE,
+                                          system_prompt, response_prefix)
+    query = 'How do I {prompt} "bake" \\boxed{x} bread?\n'
+    assert tok.apply_chat_template([{"role": "user", "content": query}],
+                                   add_generation_prompt=True, tokenize=False) == policy_prompt(
+        query, base, DEFAULT_SAFETY_TEMPLATE, system_prompt, response_prefix)
 
 
 def test_the_default_is_the_teaching_recipe_and_its_variants():

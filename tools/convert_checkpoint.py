@@ -6,7 +6,10 @@
     python tools/convert_checkpoint.py orbax-to-hf /tmp/smol_ckpt /tmp/smol_hf [--dtype bfloat16]
 
 The exported directory (config.json, safetensors, tokenizer files, chat
-template) loads with ``transformers.AutoModelForCausalLM.from_pretrained``.
+template) loads with ``transformers.AutoModelForCausalLM.from_pretrained``. From a training
+checkpoint (``<workdir>/checkpoints/<step>``) its chat template renders the run's own prompt,
+``generation_config.json`` stops at ``</answer>`` with the run's sampling, and README.md is a
+model card (alphaalign_jax/export.py).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import argparse
 import pathlib
 import sys
 
-from alphaalign_jax import checkpoint
+from alphaalign_jax import checkpoint, export
 from alphaalign_jax.models import from_pretrained, save_pretrained
 from alphaalign_jax.models.hf_io import has_tokenizer_files
 
@@ -35,8 +38,12 @@ def orbax_to_hf(ckpt: pathlib.Path, out: pathlib.Path, *, dtype: str | None = No
         print(f"WARNING: {ckpt} names no usable tokenizer ({tok}); the export {out} will have "
               "none: pass --tokenizer-dir", file=sys.stderr)
         tok = None
-    return save_pretrained(model, out, tokenizer_dir=tok, dtype=dtype,
-                           max_shard_bytes=max_shard_bytes)
+    exported = save_pretrained(model, out, tokenizer_dir=tok, dtype=dtype,
+                               max_shard_bytes=max_shard_bytes)
+    run = export.run_of_checkpoint(ckpt)  # a step of a training workdir: the trained prompt,
+    if run is not None and tok is not None:  # stop string and model card (export.py)
+        export.write_run_files(pathlib.Path(exported), *run)
+    return exported
 
 
 def main(argv: list[str] | None = None) -> None:
