@@ -69,6 +69,28 @@ def _truncate_after(path: pathlib.Path, step: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
+SMOOTHING = 5  # steps in the moving mean drawn over each curve's raw points
+
+
+def moving_mean(values: list[float], window: int = SMOOTHING) -> list[float]:
+    """The mean of each value and the ``window - 1`` before it (fewer at the start): per-step
+    rates of a few prompts are mostly noise, their trend is not."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_curve(ax, points: list[tuple[float, float]], *, color: str = "C0", style: str = "-",
+               label: str | None = None, window: int = SMOOTHING) -> None:
+    """A metric's curve: the raw points faint, their moving mean as the line."""
+    steps, values = [p[0] for p in points], [p[1] for p in points]
+    ax.plot(steps, values, linestyle="none", marker=".", markersize=3, color=color, alpha=0.3)
+    ax.plot(steps, moving_mean(values, window), linestyle=style, color=color, linewidth=1.8,
+            label=label)
+
+
 def plot_metrics(path: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
     import matplotlib
 
@@ -82,9 +104,8 @@ def plot_metrics(path: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
                              figsize=(4 * cols, 2.8 * ((len(names) + cols - 1) // cols)),
                              squeeze=False)
     for ax, name in zip(axes.flat, names):
-        points = [(r["step"], r[name]) for r in rows if name in r]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".")
-        ax.set_title(name, fontsize=9)
+        plot_curve(ax, [(r["step"], r[name]) for r in rows if name in r])
+        ax.set_title(f"{name} (mean of {SMOOTHING} steps)", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
