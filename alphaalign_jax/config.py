@@ -29,7 +29,7 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.model = dict(
         hf_dir="",  # HF directory of the policy; "" = the bundled SmolLM2-135M-Instruct
         dtype="float32",  # compute dtype
-        param_dtype="float32",
+        param_dtype="float32",  # dtype the parameters are kept in
         # Recompute each block in the update's backward pass instead of keeping its
         # activations: one block's activation memory instead of every block's, for about a
         # third more update compute. What lets the paper models' 2k-token updates fit a chip.
@@ -39,25 +39,25 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
         # about the time of a 1-layer one). Checkpoints keep the layout they were written in.
         scan_layers=False,
     )
-    c.mesh = dict(data=1, fsdp=-1, tensor=1)  # -1: all remaining devices
+    c.mesh = dict(data=1, fsdp=-1, tensor=1)  # device mesh axis sizes; -1: all remaining devices
     c.data = dict(
         train_file="",  # JSONL of {prompt,label,source,id}; "" = assets/data/train.jsonl
         harmful_fraction=0.5,  # share of harmful prompts in each batch (the sets are unbalanced)
         lenient=False,  # skip and count bad rows instead of failing
-        seed=0,
+        seed=0,  # seed of the prompt order
     )
-    c.template = DEFAULT_SAFETY_TEMPLATE
+    c.template = DEFAULT_SAFETY_TEMPLATE  # the prompt around each query, with a {prompt} slot
     # A system turn before every templated query ("" = the chat template's default), e.g.
     # rewards.WORKED_EXAMPLES_SYSTEM_PROMPT to bootstrap the format on a small policy.
     c.system_prompt = ""
     c.rollout = dict(
         num_samples=8,  # rollouts per prompt (the group)
-        max_prompt_len=256,
-        max_new_tokens=256,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        stop_strings=("</answer>",),
+        max_prompt_len=256,  # longest prompt in tokens (all checked at start)
+        max_new_tokens=256,  # completion budget of a rollout
+        temperature=1.0,  # sampling temperature of the rollouts
+        top_p=1.0,  # nucleus sampling; 1 = off
+        top_k=0,  # top-k sampling; 0 = off
+        stop_strings=("</answer>",),  # a rollout ends at the first of these
         # Text forced at the start of every response (part of the prompt, not trained, but
         # scored): "<safety_reasoning>" bootstraps the format on models too small to follow
         # the instruction unaided. Off ("") for the paper's settings.
@@ -67,14 +67,14 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
         # ceil(oversample * train.prompts_per_step) prompts. A batch still short after the
         # last round is filled with dropped groups, masked out of the loss.
         dynamic_sampling=False,
-        max_sampling_rounds=3,
-        oversample=1.0,
+        max_sampling_rounds=3,  # generation rounds a step at most (dynamic sampling)
+        oversample=1.0,  # prompts a round, as a multiple of train.prompts_per_step
     )
     c.reward = dict(
-        r_format=0.5,
-        r_answer=1.0,
+        r_format=0.5,  # reward of a well-formatted answer (the paper's R_f)
+        r_answer=1.0,  # reward of the right decision (the paper's R_a)
         format_shaping=0.0,  # partial format credit (rewards.SafetyRewardConfig); 0 = paper
-        refusal_phrases=tuple(DEFAULT_REFUSAL_PHRASES),
+        refusal_phrases=tuple(DEFAULT_REFUSAL_PHRASES),  # an answer starting so is a refusal
         # words that also make an answer a refusal anywhere in it; () = the paper's prefix
         # list alone, rewards.REFUSAL_MARKERS = what a trained policy refuses with besides
         refusal_markers=(),
@@ -91,39 +91,39 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
         safety_judge="",
         helpfulness="lm_judge",  # one of HELPFULNESS_BACKENDS
         rm_dir="",  # HF directory of the reward model; "" = the policy's own base model (judge)
-        rm_batch_size=16,
-        rm_max_len=512,
-        refusals_in_stats=True,
-        normalise_each=False,
+        rm_batch_size=16,  # answers a helpfulness-model batch
+        rm_max_len=512,  # tokens the helpfulness model reads
+        refusals_in_stats=True,  # count refusals in R_h's statistics
+        normalise_each=False,  # normalise each reward term before summing
     )
     c.algo = dict(
         name="grpo",  # set by the config's algorithm (rl/algorithms.py), not on its own
-        clip_low=0.2,
-        clip_high=0.2,
+        clip_low=0.2,  # PPO ratio clip below 1
+        clip_high=0.2,  # PPO ratio clip above 1 (DAPO clip-higher when > clip_low)
         beta=0.04,  # k3 KL coefficient in the loss; 0 (and kl_penalty 0) skips the reference
-        aggregation="token_mean",
-        scale_by_std=True,
+        aggregation="token_mean",  # token loss averaging: one of rl.losses.AGGREGATIONS
+        scale_by_std=True,  # divide group advantages by the group's reward std
         num_updates=1,  # epochs over each rollout batch
         mini_batches=1,  # optimizer steps an epoch, each over a shuffled share of the groups
         micro_batch_size=8,  # sequences per gradient micro-batch
-        logprob_chunk=128,
+        logprob_chunk=128,  # vocabulary rows a log-prob chunk (memory)
         # PPO (algorithms with a critic)
         gamma=1.0,  # GAE discount
         lam=1.0,  # GAE lambda
         kl_penalty=0.0,  # per-token KL to the reference subtracted from the reward
-        whiten_advantages=True,
+        whiten_advantages=True,  # normalise GAE advantages over the batch
         value_clip=0.2,  # clipped value loss range
         critic_dir="",  # HF 1-label classifier to start the critic from; "" = the policy
     )
     c.optim = dict(
-        learning_rate=1e-6,
-        warmup_steps=0,
-        schedule="constant",
-        weight_decay=0.0,
-        b1=0.9,
-        b2=0.999,
-        eps=1e-8,
-        max_grad_norm=1.0,
+        learning_rate=1e-6,  # the policy's Adam learning rate
+        warmup_steps=0,  # linear warm-up, in optimizer steps
+        schedule="constant",  # cosine or constant after warm-up
+        weight_decay=0.0,  # AdamW weight decay
+        b1=0.9,  # Adam beta1
+        b2=0.999,  # Adam beta2
+        eps=1e-8,  # Adam epsilon
+        max_grad_norm=1.0,  # global gradient-norm clip
         critic_learning_rate=1e-5,  # the critic's Adam (same schedule and clipping)
     )
     # Fine-tuning warm start before the first RL step (rl/rft.py) on targets for ``rounds``
@@ -134,13 +134,13 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     # Fine-tuned under the training prompt. rounds=0: no warm start.
     # The warm-started policy is kept in <workdir>/warm_start and is the KL reference after it.
     c.rft = dict(
-        rounds=0,
+        rounds=0,  # training batches the warm start takes targets from; 0 = none
         targets_from="samples",  # one of RFT_TARGETS_FROM
         system_prompt="",  # the scaffold sampled under; "" = the training system_prompt
         temperature=0.0,  # sampling temperature of the warm start; 0 = rollout.temperature
         copy_words=6,  # a kept sample shares no run of this many words with the scaffold
-        epochs=2,
-        learning_rate=1e-4,
+        epochs=2,  # fine-tuning passes over the warm start's targets
+        learning_rate=1e-4,  # the warm start's Adam learning rate
         min_kept=8,  # fewer kept samples than this is an error (the scaffold does not work)
         balance=False,  # repeat the smaller class's targets up to the larger's each epoch
         targets_of="both",  # the classes whose samples are targets: one of RFT_TARGETS_OF
@@ -149,14 +149,20 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
         targets_file="",
     )
     c.train = dict(
-        steps=100,
-        prompts_per_step=16,
-        seed=0,
-        checkpoint_every=10,
-        keep_checkpoints=3,
-        async_checkpointing=True,
-        plot=True,
+        steps=100,  # RL steps
+        prompts_per_step=16,  # prompts a step (each with rollout.num_samples rollouts)
+        seed=0,  # seed of the sampling RNG
+        checkpoint_every=10,  # steps between checkpoints (the last is always saved)
+        keep_checkpoints=3,  # checkpoints kept in <workdir>/checkpoints
+        async_checkpointing=True,  # write checkpoints in the background
+        plot=True,  # write <workdir>/curves.png at the end
         log_samples=2,  # rollouts a step written to samples.jsonl (first of each prompt)
+        # After the last step: a held-out evaluation of the final checkpoint on this many
+        # prompts of each held-out set (alphaalign_jax/evaluate.py, greedy, no prefill or
+        # pass@k) into <workdir>/eval; 0 = off (run evaluate on its own for the full one)
+        eval_prompts=0,
+        eval_new_tokens=64,  # completion budget of that evaluation
+        export_hf=False,  # after the last step: the final checkpoint as an HF model, <workdir>/hf
     )
     algorithms.apply(c, algorithm)
     return c
@@ -253,6 +259,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(t.steps >= 1, "train.steps", "must be >= 1")
     _require(t.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+    _require(t.eval_prompts >= 0, "train.eval_prompts", "must be >= 0 (0: no evaluation)")
+    _require(t.eval_new_tokens >= 1, "train.eval_new_tokens", "must be >= 1")
     _require(o.learning_rate >= 0, "optim.learning_rate", "must be >= 0")
     _require(0 <= o.warmup_steps <= t.steps * a.num_updates * a.mini_batches,
              "optim.warmup_steps",
@@ -273,3 +281,45 @@ def parse_config_arg(arg: str, options: tuple[str, ...] = ()) -> tuple[str, set[
             f"{tuple(algorithms.ALGORITHMS)}" + (f" and options of {options}" if options else "")
             + (f"; unknown: {sorted(unknown)}" if unknown else ""))
     return (min(names) if names else "grpo"), words - names
+
+
+def field_help() -> dict[str, str]:
+    """Each field of :func:`base_config` (``section.name``) and one line of its meaning, read
+    from the comments beside or above it there: the one place they are written."""
+    import inspect
+    import re
+
+    help_of: dict[str, str] = {}
+    section, pending = None, []
+    for line in inspect.getsource(base_config).splitlines():
+        text = line.strip()
+        top = re.match(r"c\.(\w+) = (dict\()?", text)
+        if text.startswith("#"):
+            pending.append(text.lstrip("# "))
+            continue
+        if top and top.group(2) and text.endswith(")") or top and "dict(" in text[:-1] and \
+                text.split("  #")[0].endswith(")"):  # a section on one line: its comment
+            for field in re.findall(r"(\w+)=", text.split("  #")[0]):  # for each field
+                help_of[f"{top.group(1)}.{field}"] = text.split("  # ", 1)[-1]
+            pending = []
+            continue
+        if top:
+            if top.group(2):
+                section, pending = top.group(1), []
+                continue
+            name = top.group(1)
+        elif section and text == ")":
+            section = None
+            continue
+        elif section and (field := re.match(r"(\w+)=", text)):
+            name = f"{section}.{field.group(1)}"
+        else:
+            pending = []
+            continue
+        comment = line.split("  # ", 1)[1] if "  # " in line else " ".join(pending)
+        pending = []
+        first = re.split(r"(?<=[.;])\s(?=[A-Z(])", comment, maxsplit=1)[0].rstrip(".:;")
+        for constant in ("HELPFULNESS_BACKENDS", "RFT_TARGETS_OF", "RFT_TARGETS_FROM"):
+            first = first.replace(constant, ", ".join(globals()[constant]))
+        help_of[name] = first if len(first) <= 110 else first[:107] + "..."
+    return help_of

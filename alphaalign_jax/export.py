@@ -91,7 +91,7 @@ def model_card(config: dict, step: int, base_model: str, chat_prompt: str,
     data = c["data"]["train_file"] or "the bundled training split (assets/data/train.jsonl)"
     lines = [
         "---", "library_name: transformers", "tags: [alphaalign, safety, grpo]", "---", "",
-        f"# AlphaAlign policy: {pathlib.Path(base_model).name}, step {step}", "",
+        f"# AlphaAlign policy, step {step}", "",
         f"Base model: `{base_model}`.", "",
         f"Trained with alphaalign-jax: {warm}{c['algo']['name'].upper()} on the AlphaAlign "
         "reward (a format verifier, a refusal verifier on harmful prompts and a helpfulness "

@@ -67,6 +67,9 @@ from alphaalign_jax.sampling.sampler import bucket
 FLAGS = flags.FLAGS
 
 
+NO_SIGNAL_STEPS = 3  # steps without reward variance in any group before "no learning signal"
+
+
 class Preempted(Exception):
     """SIGTERM/SIGINT received: checkpoint written, exit cleanly."""
 
@@ -297,20 +300,18 @@ class Trainer:
         encode_completion = lambda text: self.tokenizer(text, add_special_tokens=False)[
             "input_ids"]
         if c.rft.targets_file:
-            logging.warning("RFT warm start: the kept samples of %s", c.rft.targets_file)
+            logging.info("RFT warm start: the kept samples of %s", c.rft.targets_file)
             collected = rft.load(
                 c.rft.targets_file, response_prefix=c.rollout.response_prefix,
                 encode_prompts=encode, width=c.rollout.max_new_tokens,
                 encode_completion=encode_completion, refusal=safety_config(c.reward).refusal)
         elif c.rft.targets_from == "labels":
-            logging.warning("RFT warm start: targets from the labels of %d batches",
-                            c.rft.rounds)
+            logging.info("RFT warm start: targets from the labels of %d batches", c.rft.rounds)
             collected = rft.collect_labelled(c, self.prompts.next, answer=self._plain_answers,
                                              encode_prompts=encode,
                                              encode_completion=encode_completion)
         else:
-            logging.warning("RFT warm start: sampling %d batches under the scaffold",
-                            c.rft.rounds)
+            logging.info("RFT warm start: sampling %d batches under the scaffold", c.rft.rounds)
             collected = rft.collect(c, self.prompts.next, sample=self._rollouts, encode=encode)
         t1 = time.perf_counter()
         tx, _ = make_optimizer(learning_rate=c.rft.learning_rate, total_steps=1, warmup_steps=0,
@@ -551,17 +552,27 @@ class Trainer:
             if self._stop_signal is None:  # a warm start cut short is redone on resume
                 self._warm_started_reference(fresh=True)
                 self.save(force=True)  # step 0: the warm-started policy
-                logging.warning("RFT warm start: %d targets from %d samples, NLL %s; saved as "
-                                "step 0", metrics["rft/targets"], metrics["rft/sampled"],
-                                " -> ".join(f"{metrics[f'rft/nll_epoch{i + 1}']:.3f}"
-                                            for i in range(c.rft.epochs)))
+                logging.info("RFT warm start: %d targets from %d samples, NLL %s; saved as step 0",
+                             metrics["rft/targets"], metrics["rft/sampled"],
+                             " -> ".join(f"{metrics[f'rft/nll_epoch{i + 1}']:.3f}"
+                                         for i in range(c.rft.epochs)))
         if self._stop_signal is not None:  # preempted while starting: nothing new to save
             raise Preempted()
         writer = (MetricsWriter(self.workdir, total_steps=c.train.steps, initial_step=self.step)
                   if jax.process_index() == 0 else None)
+        silent = 0  # consecutive steps whose groups all had one reward each
         try:
             while self.step < c.train.steps:
                 metrics = self.train_one_step()
+                silent = silent + 1 if metrics.get("reward/groups_with_signal", 1) == 0 else 0
+                if silent == NO_SIGNAL_STEPS and self.algorithm.advantages == "group":
+                    logging.warning(
+                        "no learning signal: in each of the last %d steps every group's rollouts "
+                        "got the same reward, so every advantage is 0 and the policy does not "
+                        "change; make the rollouts differ in reward (a warm start, rft.rounds; "
+                        "rollout.response_prefix or system_prompt so the format is written; a "
+                        "higher rollout.temperature or rollout.num_samples) or drop such groups "
+                        "(rollout.dynamic_sampling=True)", NO_SIGNAL_STEPS)
                 self.checkpoints.check_async_save(self.step)
                 preempted = (self._stop_signal is not None
                              or self.checkpoints.reached_preemption(self.step))
@@ -585,6 +596,69 @@ class Trainer:
         return self.workdir
 
 
+# ---------------------------------------------------------------- after the last step
+def evaluate_final(workdir: pathlib.Path, step: int, prompts: int,
+                   new_tokens: int) -> pathlib.Path:
+    """A small held-out evaluation of checkpoint ``step`` (``train.eval_prompts`` prompts of
+    the harmful and the over-refusal sets, greedy, under the run's prompt; no prefill attack,
+    pass@k or judge): alphaalign_jax/evaluate.py's API in this process. Returns results.md."""
+    from alphaalign_jax import evaluate
+
+    out = workdir / "eval"
+    settings = evaluate.GenerationSettings.from_run(workdir, max_new_tokens=new_tokens,
+                                                    num_samples=1)
+    splits = bundled_splits(assets.assets_dir() / "data")
+    harmful = list(splits["eval_harmful"])[:prompts]
+    benign = list(splits["eval_overrefusal"])[:prompts]
+    evaluator = evaluate.Evaluator(workdir / "checkpoints" / str(step), out / "model", settings,
+                                   reward_reading=evaluate.reward_reading(workdir))
+    results = evaluator.run(harmful, benign, None, prefill=(), probe=())
+    name = f"step {step}"
+    (out / "results.json").write_text(json.dumps({name: results}, indent=2))
+    (out / "results.md").write_text(evaluate.markdown_table(
+        {name: results}, {name: evaluator.sizes},
+        {"harm": f"Greedy answers of {new_tokens} new tokens at most, {len(harmful)} prompts: "
+                 "a check that evaluation runs, not a measurement (run alphaalign_jax.evaluate "
+                 "for that)."}))
+    return out / "results.md"
+
+
+def export_final(workdir: pathlib.Path, step: int) -> pathlib.Path:
+    """Checkpoint ``step`` as a Hugging Face directory, ``<workdir>/hf``, by
+    tools/convert_checkpoint.py's orbax-to-hf (the run's chat template, stop string, card)."""
+    import importlib.util
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "tools" / "convert_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("convert_checkpoint", path)
+    convert = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(convert)
+    out = workdir / "hf"
+    if out.exists():  # the run's own earlier export, of an earlier last step
+        shutil.rmtree(out)
+    return pathlib.Path(convert.orbax_to_hf(workdir / "checkpoints" / str(step), out))
+
+
+def finish(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, pathlib.Path]:
+    """What ``train.eval_prompts`` and ``train.export_hf`` ask for after the last step, and
+    where each artefact of the run is."""
+    t = config.train
+    step = int(t.steps)
+    found = {"checkpoint": workdir / "checkpoints" / str(step),
+             "metrics": workdir / "metrics.jsonl", "curves": workdir / "curves.png",
+             "samples": workdir / "samples.jsonl", "tensorboard": workdir / "tensorboard"}
+    if config.rft.rounds or config.rft.targets_file:
+        found["warm start"] = workdir / "warm_start"
+    if jax.process_index() == 0:
+        if t.eval_prompts:
+            logging.info("evaluating step %d on %d held-out prompts a set", step, t.eval_prompts)
+            found["evaluation"] = evaluate_final(workdir, step, int(t.eval_prompts),
+                                                 int(t.eval_new_tokens))
+        if t.export_hf:
+            logging.info("exporting step %d to %s", step, workdir / "hf")
+            found["HF export"] = export_final(workdir, step)
+    return {k: v for k, v in found.items() if v.exists()}
+
+
 CONFIG_FLAG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                               lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, plots.")
@@ -599,13 +673,21 @@ def main(argv: list[str]) -> None:
     del argv
     if FLAGS.workdir is None:
         raise app.UsageError("--workdir is required")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    if not FLAGS["verbosity"].present:  # status at INFO; orbax's per-file INFO lines hidden
+        logging.set_verbosity(logging.INFO)
+        logging.get_absl_handler().addFilter(_not_library_info)
     if FLAGS.distributed:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id)
     try:
-        Trainer(CONFIG_FLAG.value, FLAGS.workdir).run()
+        workdir = Trainer(CONFIG_FLAG.value, FLAGS.workdir).run()
+        artefacts = finish(CONFIG_FLAG.value, workdir)
+        if jax.process_index() == 0:
+            width = max(map(len, artefacts))
+            print("\n".join(f"{name:<{width}}  {path}" for name, path in artefacts.items()))
+            if "smoke" in _config_options(sys.argv):
+                print("smoke run done: every phase ran (plumbing), which says nothing about "
+                      "learning; the main command is the config without :smoke")
     except Preempted:
         logging.warning("preempted: checkpoint saved in %s; re-run the same command to resume",
                         FLAGS.workdir)
@@ -615,6 +697,60 @@ def main(argv: list[str]) -> None:
     except (CheckpointError, CheckpointWriteError, NonFiniteError,
             RunDirLocked, DataError, PromptTooLong, FileNotFoundError) as e:
         sys.exit(f"train: {e}")  # a user-facing condition: one line, no traceback
+
+
+def _not_library_info(record) -> bool:
+    """The absl handler's filter: INFO lines of this package only (orbax writes one a file)."""
+    return record.levelno > logging.converter.STANDARD_INFO or "/alphaalign_jax/" in record.pathname
+
+
+def _config_options(argv: Sequence[str]) -> set[str]:
+    """The ``ARG`` words of ``--config=FILE:ARG`` on the command line."""
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    return {w.strip() for w in given[-1].partition(":")[2].split(",")} if given else set()
+
+
+def _help(argv: Sequence[str]) -> NoReturn:
+    """``train --help``: the command, every config field with the config file's value and its
+    meaning (config.field_help, from the comments of config.base_config), the file's options."""
+    import importlib.util
+
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    path = pathlib.Path(given[-1].partition(":")[0] if given else
+                        pathlib.Path(__file__).resolve().parent.parent / "configs" /
+                        "smollm2_135m_cpu.py")
+    spec = importlib.util.spec_from_file_location("config_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config(given[-1].partition(":")[2] if given else "").to_dict()
+    print(f"usage: python -m alphaalign_jax.train --config=FILE[:OPTIONS] --workdir=DIR "
+          "[--config.SECTION.FIELD=VALUE ...]\n\n"
+          "example:\n  python -m alphaalign_jax.train --config=configs/smollm2_135m_cpu.py:smoke "
+          "--workdir=runs/smoke\n  python -m alphaalign_jax.train "
+          "--config=configs/smollm2_135m_cpu.py --workdir=runs/smollm2 --config.train.steps=20\n")
+    options = getattr(module, "OPTIONS", {})
+    print(f"options of {path} (comma-separated after ':'):")
+    for name in algorithms.ALGORITHMS:
+        print(f"  {name:<14} the {name} algorithm" + (" (default)" if name == "grpo" else ""))
+    for name, meaning in options.items():
+        print(f"  {name:<14} {meaning}")
+    print(f"\nconfig fields (--config.FIELD=VALUE; the value {path.name} gives, then meaning):")
+    meanings = config_lib.field_help()
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from walk(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    for name, value in walk(c):
+        shown = repr(value)
+        shown = shown if len(shown) <= 24 else shown[:21] + "..."
+        print(f"  {name:<28} {shown:<24} {meanings.get(name, '')}")
+    print("\nflags:\n  --workdir  " + FLAGS["workdir"].help + "\n  --distributed  "
+          + FLAGS["distributed"].help)
+    sys.exit(0)
 
 
 def _usage_error(message: str) -> NoReturn:
@@ -628,6 +764,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, with an override of a field the config lacks (``--config.optim.lr``)
     reported in one line instead of ml_collections' traceback, and the algorithm chosen where
     its settings can apply before the overrides (``--config=FILE:ppo``)."""
+    if {"--help", "-h", "--helpfull", "-help"} & set(argv[1:]):
+        _help(argv)
     named = [a for a in argv if a.startswith("--config.algo.name")]
     if named:
         _usage_error(f"train: {named[0]}: choose the algorithm with --config=FILE:NAME (one of "

@@ -327,3 +327,28 @@ def test_the_default_is_the_teaching_recipe_and_its_variants():
     assert (c.system_prompt, c.rft.rounds, c.train.steps) == (WORKED_EXAMPLES_SYSTEM_PROMPT, 0, 20)
     with pytest.raises(config_lib.ConfigValueError, match="unknown: \\['rft'\\]"):
         smollm2_135m_cpu.get_config("rft")
+
+def test_every_config_field_has_a_meaning():
+    """config.field_help reads each field's meaning from the comments of base_config."""
+    def fields(d, prefix=""):
+        for k, v in d.items():
+            yield from fields(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k]
+
+    meanings = config_lib.field_help()
+    names = list(fields(config_lib.base_config("ppo").to_dict()))
+    assert set(names) == set(meanings) and all(meanings[n] for n in names)
+
+
+def test_help_lists_fields_options_and_example_and_smoke_is_short_only():
+    help_run = subprocess.run(train_command(REPO / "unused", ["--help"]), cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+    assert help_run.returncode == 0, help_run.stderr[-2000:]
+    for needle in ("rollout.max_new_tokens", "train.export_hf", "smoke", "scaffold",
+                   "example:", "--workdir"):
+        assert needle in help_run.stdout
+    assert all(name in help_run.stdout for name in config_lib.field_help())
+    long_smoke = subprocess.run(train_command(REPO / "unused", [], config_arg="smoke,scaffold"),
+                                cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert long_smoke.returncode == 2
+    assert len(long_smoke.stderr.strip().splitlines()) == 1
+    assert "smoke" in long_smoke.stderr

@@ -36,13 +36,13 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import ml_collections
 import numpy as np
 from absl import logging
+from tqdm import tqdm
 
 from alphaalign_jax.config import ConfigValueError
 from alphaalign_jax.data.records import LABELS, PromptRecord
@@ -199,7 +199,8 @@ def collect(c: ml_collections.ConfigDict, next_records: Callable[[], list[Prompt
     refusal = safety_config(c.reward).refusal
     group = c.rollout.num_samples
     targets, kept, counts = [], [], {}
-    for round_index in range(r.rounds):
+    for round_index in tqdm(range(r.rounds), desc="warm start: sampling", unit="batch",
+                            dynamic_ncols=True):
         records = next_records()
         seed = int(np.random.SeedSequence([c.train.seed, 7, round_index])
                    .generate_state(1)[0] >> 1)
@@ -207,9 +208,9 @@ def collect(c: ml_collections.ConfigDict, next_records: Callable[[], list[Prompt
         keep, round_counts = select(records, texts, scaffold=scaffold, copy_words=r.copy_words,
                                     refusal=refusal, labels=target_labels(r.targets_of))
         counts = {k: counts.get(k, 0) + v for k, v in round_counts.items()}
-        logging.warning("RFT warm start: round %d/%d sampled, %d kept so far (rejected: %s)",
-                        round_index + 1, r.rounds, counts["kept"],
-                        {k: v for k, v in counts.items() if k != "kept" and v})
+        logging.info("RFT warm start: round %d/%d sampled, %d kept so far (rejected: %s)",
+                     round_index + 1, r.rounds, counts["kept"],
+                     {k: v for k, v in counts.items() if k != "kept" and v})
         train_ids = encode(records)
         for p, g in zip(*np.nonzero(keep)):
             row = p * group + g
@@ -274,7 +275,8 @@ def collect_labelled(c: ml_collections.ConfigDict,
         raise ConfigValueError(f"config.rollout.max_new_tokens: {width} tokens leave "
                                f"{budget} for a benign warm-start answer; need at least 8")
     targets, kept, counts = [], [], dict.fromkeys(REASONS, 0)
-    for round_index in range(c.rft.rounds):
+    for round_index in tqdm(range(c.rft.rounds), desc="warm start: labelled targets",
+                            unit="batch", dynamic_ncols=True):
         records = next_records()
         benign = [r for r in records if r.label == "benign"]
         answers = iter(answer(benign, budget) if benign else [])
@@ -296,9 +298,9 @@ def collect_labelled(c: ml_collections.ConfigDict,
                 strict=True):
             targets.append(Target(np.asarray(prompt_ids, np.int32), *_padded(ids, width)))
             kept.append({"label": record.label, "prompt": record.prompt, "completion": text})
-        logging.warning("RFT warm start: labelled batch %d/%d, %d targets so far (dropped: %s)",
-                        round_index + 1, c.rft.rounds, counts["kept"],
-                        {k: v for k, v in counts.items() if k != "kept" and v})
+        logging.info("RFT warm start: labelled batch %d/%d, %d targets so far (dropped: %s)",
+                     round_index + 1, c.rft.rounds, counts["kept"],
+                     {k: v for k, v in counts.items() if k != "kept" and v})
     if len(targets) < c.rft.min_kept:
         raise ConfigValueError(
             f"config.rft: {len(targets)} labelled warm-start targets (dropped: {counts}), "
@@ -378,25 +380,22 @@ def fine_tune(c: ml_collections.ConfigDict, targets: Sequence[Target], labels: S
     pool = balanced(labels) if c.rft.balance else np.arange(len(targets))
     # One prompt width for every batch: one compiled update program, not one a width.
     width = width_of(max(len(t.prompt_ids) for t in targets))
-    epoch_loss, last_log = [], time.monotonic()
+    epoch_loss = []
     for _ in range(c.rft.epochs):
         order = rng.permutation(pool)
         batches = pack([targets[i] for i in order], group_size=1,
                        groups_per_batch=c.train.prompts_per_step * c.rollout.num_samples,
                        width_of=lambda _: width)
         losses = []
-        for number, batch in enumerate(batches, 1):
-            state, m = step(state, batch)
+        for batch in tqdm(batches, desc=f"warm start: epoch {len(epoch_loss) + 1}/"
+                                        f"{c.rft.epochs}", unit="batch", dynamic_ncols=True):
+            state, m = step(state, batch)  # the bar reads no device value: no sync a step
             losses.append((m["loss"], m["tokens"], m["finite"]))
-            if time.monotonic() - last_log > 30:  # progress, without reading the device
-                logging.warning("RFT warm start: fine-tuning epoch %d/%d, batch %d/%d",
-                                len(epoch_loss) + 1, c.rft.epochs, number, len(batches))
-                last_log = time.monotonic()
         loss, tokens, finite = (np.asarray(x, np.float64) for x in zip(*losses))
         if not finite.all():
             raise NonFiniteError("RFT warm start: non-finite loss or gradient; no checkpoint "
                                  "was written")
         epoch_loss.append(float((loss * tokens).sum() / max(tokens.sum(), 1)))
-        logging.warning("RFT warm start: fine-tuning epoch %d/%d, NLL %.3f", len(epoch_loss),
-                        c.rft.epochs, epoch_loss[-1])
+        logging.info("RFT warm start: fine-tuning epoch %d/%d, NLL %.3f", len(epoch_loss),
+                     c.rft.epochs, epoch_loss[-1])
     return state, epoch_loss
