@@ -352,3 +352,31 @@ def test_help_lists_fields_options_and_example_and_smoke_is_short_only():
     assert long_smoke.returncode == 2
     assert len(long_smoke.stderr.strip().splitlines()) == 1
     assert "smoke" in long_smoke.stderr
+
+
+@pytest.mark.assets
+def test_no_learning_signal_is_named_and_the_run_is_evaluated_and_exported(tiny_setup, tmp_path,
+                                                                          monkeypatch):
+    """Every group's rewards equal for 3 steps: one 'no learning signal' warning. After the
+    last step train.eval_prompts and train.export_hf give eval/results.md and hf/."""
+    from alphaalign_jax import train as train_lib
+
+    policy, train_file = tiny_setup
+    c = config_lib.base_config()
+    c.model.hf_dir, c.data.train_file = str(policy), str(train_file)
+    c.rollout.update(num_samples=2, max_new_tokens=8, max_prompt_len=192)
+    c.reward.helpfulness = "none"
+    c.algo.update(beta=0.0, micro_batch_size=4)
+    c.train.update(steps=4, prompts_per_step=2, plot=False, async_checkpointing=False,
+                   checkpoint_every=4, eval_prompts=2, eval_new_tokens=8, export_hf=True)
+    warnings = []
+    monkeypatch.setattr(train_lib.logging, "warning", lambda msg, *a: warnings.append(msg % a))
+
+    def constant(records, texts):
+        return np.zeros((len(records), len(texts[0])), np.float32), {}
+
+    workdir = train_lib.Trainer(c, tmp_path, reward_fn=constant).run()
+    assert len([w for w in warnings if w.startswith("no learning signal")]) == 1
+    found = train_lib.finish(c, workdir)
+    assert (found["evaluation"].parent / "results.json").exists()
+    assert (found["HF export"] / "chat_template.jinja").exists()
