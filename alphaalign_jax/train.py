@@ -730,8 +730,8 @@ def _help(argv: Sequence[str]) -> NoReturn:
           "--config=configs/smollm2_135m_cpu.py --workdir=runs/smollm2 --config.train.steps=20\n")
     options = getattr(module, "OPTIONS", {})
     print(f"options of {path} (comma-separated after ':'):")
-    for name in algorithms.ALGORITHMS:
-        print(f"  {name:<14} the {name} algorithm" + (" (default)" if name == "grpo" else ""))
+    for name, algorithm in algorithms.ALGORITHMS.items():
+        print(f"  {name:<14} {algorithm.summary}" + (" (the default)" if name == "grpo" else ""))
     for name, meaning in options.items():
         print(f"  {name:<14} {meaning}")
     print(f"\nconfig fields (--config.FIELD=VALUE; the value {path.name} gives, then meaning):")

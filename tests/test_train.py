@@ -327,6 +327,11 @@ def test_the_default_is_the_teaching_recipe_and_its_variants():
     assert (c.system_prompt, c.rft.rounds, c.train.steps) == (WORKED_EXAMPLES_SYSTEM_PROMPT, 0, 20)
     with pytest.raises(config_lib.ConfigValueError, match="unknown: \\['rft'\\]"):
         smollm2_135m_cpu.get_config("rft")
+    c = smollm2_135m_cpu.get_config("smoke")  # every phase, small: evaluated and exported
+    config_lib.validate(c)
+    assert c.train.steps <= 2 and c.rft.rounds == 1 and c.train.eval_prompts and c.train.export_hf
+    with pytest.raises(config_lib.ConfigValueError, match="smoke"):
+        smollm2_135m_cpu.get_config("smoke,scaffold")
 
 def test_every_config_field_has_a_meaning():
     """config.field_help reads each field's meaning from the comments of base_config."""
