@@ -28,7 +28,7 @@ warm start, 20 steps; it learns the tags by copying the examples and never refus
 ``prefix_reward``: the paper's refusal reading (prefix list only) in the recipe above.
 ``ppo``: a critic from the policy at lr 1e-4 and GAE instead of GRPO.
 ``smoke``: the whole pipeline in about 3 minutes (a one-batch warm start, 2 GRPO steps of short
-rollouts on the verifiers' reward, a checkpoint, a held-out evaluation of 4 prompts a set, an HF
+rollouts on the verifiers' reward without KL, a checkpoint, a held-out evaluation of 4 prompts a set, an HF
 export): it proves the plumbing works, not that anything is learnt.
 """
 
@@ -94,5 +94,6 @@ def get_config(arg: str = ""):
         c.rft.update(rounds=1, epochs=1, targets_from="labels", min_kept=1)
         c.train.update(steps=2, prompts_per_step=2, checkpoint_every=2, eval_prompts=4,
                        eval_new_tokens=32, export_hf=True)
-        c.reward.helpfulness = "none"  # the verifiers' reward alone: no judge to compile
+        c.reward.helpfulness = "none"  # the verifiers' reward alone: no judge to compile,
+        c.algo.beta = 0.0  # and no KL reference pass
     return c
