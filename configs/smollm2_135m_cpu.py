@@ -28,8 +28,8 @@ warm start, 20 steps; it learns the tags by copying the examples and never refus
 ``prefix_reward``: the paper's refusal reading (prefix list only) in the recipe above.
 ``ppo``: a critic from the policy at lr 1e-4 and GAE instead of GRPO.
 ``smoke``: the whole pipeline in about 3 minutes (a one-batch warm start, 2 GRPO steps of short
-rollouts on the verifiers' reward without KL, a checkpoint, a held-out evaluation of 4 prompts a set, an HF
-export): it proves the plumbing works, not that anything is learnt.
+rollouts on the verifiers' reward without KL, a checkpoint, a held-out evaluation of 4 prompts a
+set, an HF export): it proves the plumbing works, not that anything is learnt.
 """
 
 from alphaalign_jax.config import ConfigValueError, base_config, parse_config_arg
