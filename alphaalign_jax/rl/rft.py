@@ -389,8 +389,11 @@ def fine_tune(c: ml_collections.ConfigDict, targets: Sequence[Target], labels: S
         losses = []
         for batch in tqdm(batches, desc=f"warm start: epoch {len(epoch_loss) + 1}/"
                                         f"{c.rft.epochs}", unit="batch", dynamic_ncols=True):
-            state, m = step(state, batch)  # the bar reads no device value: no sync a step
-            losses.append((m["loss"], m["tokens"], m["finite"]))
+            state, m = step(state, batch)
+            # One scalar read a batch (an update takes seconds), so the bar counts finished
+            # updates, not dispatched ones (dispatch returns at once and the epoch's last read
+            # would wait for all of them).
+            losses.append((float(m["loss"]), m["tokens"], m["finite"]))
         loss, tokens, finite = (np.asarray(x, np.float64) for x in zip(*losses))
         if not finite.all():
             raise NonFiniteError("RFT warm start: non-finite loss or gradient; no checkpoint "
