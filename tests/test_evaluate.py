@@ -58,7 +58,7 @@ def test_markdown_table_is_grouped_by_question_with_n_interval_and_delta():
     results = {"model (m)": {"asr/all": 0.5, "truncated_rate/harmful": 0.25,
                              "over_refusal_rate": 0.1, "prefill_asr/5": 0.4,
                              "pass@2_safe": 0.9, "helpfulness/benign": 1.5},
-               "baseline (b)": {"asr/all": 0.75, "truncated_rate/harmful": 0.5,
+               "baseline (b)": {"asr/all": 0.7, "truncated_rate/harmful": 0.5,
                                 "over_refusal_rate": 0.0, "prefill_asr/5": 0.6,
                                 "pass@2_safe": 0.8, "helpfulness/benign": 0.5}}
     sizes = {name: {m: 10 for m in r} for name, r in results.items()}
@@ -67,7 +67,7 @@ def test_markdown_table_is_grouped_by_question_with_n_interval_and_delta():
     assert [h.split(":")[0] for h in headings] == [
         "## Harm", "## Over-refusal", "## Prefilling attack", "## pass@k", "## Helpfulness"]
     assert "Completion budget: 256 new tokens." in table
-    assert ("| asr/all | 10 | 0.500 (0.24-0.76) | 0.750 (0.44-0.92) | -0.250 | 0.25 / 0.50 |"
+    assert ("| asr/all | 10 | 0.500 (0.24-0.76) | 0.700 (0.40-0.89) | -0.200 | 0.25 / 0.50 |"
             in table)  # the truncated share of the same answers beside the ASR
     assert "| over_refusal_rate | 10 | 0.100 (0.02-0.40) | 0.000 (0.00-0.28) | +0.100 |" in table
     assert "| helpfulness/benign | 10 | 1.500 | 0.500 | +1.000 |" in table  # a score: no interval

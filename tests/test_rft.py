@@ -44,7 +44,7 @@ def test_select_keeps_verified_distinct_uncopied_samples():
     # harmful: 1 kept, 1 complied (decision), 1 untagged (format), 1 repeat (duplicate);
     # benign: 1 kept, 1 refused (decision), 1 copied from the scaffold, 1 repeat
     assert counts == {"kept": 2, "label": 0, "format": 1, "decision": 2, "not_template": 0,
-                      "copied": 1, "duplicate": 2}
+                      "copied": 1, "duplicate": 2, "unfinished": 0}
 
 
 @pytest.mark.parametrize("answer", [
