@@ -45,6 +45,9 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
         harmful_fraction=0.5,  # share of harmful prompts in each batch (the sets are unbalanced)
         lenient=False,  # skip and count bad rows instead of failing
         seed=0,  # seed of the prompt order
+        # Share of training prompts restated in the other grammatical form (question <->
+        # instruction, both labels alike; data/forms.py), so the form carries no label.
+        restate_forms=0.0,
     )
     c.template = DEFAULT_SAFETY_TEMPLATE  # the prompt around each query, with a {prompt} slot
     # A system turn before every templated query ("" = the chat template's default), e.g.
@@ -183,6 +186,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(0.0 <= c.data.harmful_fraction <= 1.0, "data.harmful_fraction", "must be in [0, 1]")
     _require(isinstance(c.data.seed, int) and not isinstance(c.data.seed, bool)
              and c.data.seed >= 0, "data.seed", f"must be >= 0 and an int, got {c.data.seed!r}")
+    _require(0.0 <= c.data.restate_forms <= 1.0, "data.restate_forms", "must be in [0, 1]")
     _require(c.train.seed >= 0, "train.seed", f"must be >= 0, got {c.train.seed}")
     _require(c.reward.rm_batch_size >= 1, "reward.rm_batch_size", "must be >= 1")
     _require(c.reward.rm_max_len >= 1, "reward.rm_max_len", "must be >= 1")

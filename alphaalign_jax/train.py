@@ -46,6 +46,7 @@ from alphaalign_jax import sharding as shd
 from alphaalign_jax.checkpoint import (CheckpointWriteError, TrainCheckpoints, load_model,
                                        save_model)
 from alphaalign_jax.data.budget import PromptTooLong, fit_prompt_budget
+from alphaalign_jax.data.forms import restate_forms
 from alphaalign_jax.data.pipeline import BalancedPrompts, Subset, bundled_splits
 from alphaalign_jax.data.records import DataError, PromptRecord, load_jsonl
 from alphaalign_jax.metrics import MetricsWriter
@@ -181,6 +182,8 @@ class Trainer:
         if len(records) == 0:
             raise config_lib.ConfigValueError(f"config.data.train_file: {origin} holds no prompts")
         rows = [records[i] for i in range(len(records))]
+        if c.data.restate_forms:
+            records = rows = restate_forms(rows, c.data.restate_forms)
         # Under every system prompt the run samples with (the warm start's scaffold too).
         systems = {c.system_prompt} | ({c.rft.system_prompt or c.system_prompt}
                                        if c.rft.rounds else set())
