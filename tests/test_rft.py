@@ -308,7 +308,7 @@ def test_labelled_targets_are_the_class_reasoning_then_refusal_or_the_plain_answ
     reasoning and the policy's plain answer cut to whole sentences, unless that answer refuses
     (the reward would punish it) or has no whole sentence; each target passes the verifiers."""
     batches = iter([[HARMFUL, BENIGN], [BENIGN, HARMFUL, BENIGN]])
-    plain = iter([["Knead the dough. Let it"], ["I'm sorry, I cannot help.", "Mix flour"]])
+    plain = iter([["Knead the dough. Let it", "I'm sorry, I cannot help.", "Mix flour"]])
     budgets = []
 
     def answer(records, budget):
@@ -331,7 +331,7 @@ def test_labelled_targets_are_the_class_reasoning_then_refusal_or_the_plain_answ
     assert (collected.counts["decision"], collected.counts["unfinished"]) == (1, 1)
     # the budget is what the width leaves after the tags and the reasoning (bytes here)
     wrapper = len(rft.labelled_completion("benign").encode()) - len("<safety_reasoning>")
-    assert budgets == [200 - wrapper] * 2
+    assert budgets == [200 - wrapper]  # one generation for every round's benign prompts
     target = collected.targets[1]
     text = collected.kept[1]["completion"][len("<safety_reasoning>"):]
     assert target.completion_mask.sum() == len(text.encode())

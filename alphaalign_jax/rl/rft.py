@@ -274,33 +274,34 @@ def collect_labelled(c: ml_collections.ConfigDict,
     if budget < 8:
         raise ConfigValueError(f"config.rollout.max_new_tokens: {width} tokens leave "
                                f"{budget} for a benign warm-start answer; need at least 8")
-    targets, kept, counts = [], [], dict.fromkeys(REASONS, 0)
-    for round_index in tqdm(range(c.rft.rounds), desc="warm start: labelled targets",
-                            unit="batch", dynamic_ncols=True):
-        records = next_records()
-        benign = [r for r in records if r.label == "benign"]
-        answers = iter(answer(benign, budget) if benign else [])
-        chosen = []
-        for record in records:
-            body = "" if record.label == "harmful" else whole_sentences(next(answers))
-            text = labelled_completion(record.label, body)
-            ids = encode_completion(text[len(prefix):])
-            if record.label == "benign" and (not body or len(ids) > width):
-                counts["unfinished"] += 1
-                continue
-            verdict = judge(record, text, set(), scaffold_ngrams=set(), copy_words=1,
-                            refusal=refusal)
-            counts[verdict.reason] += 1
-            if verdict.keep:
-                chosen.append((record, text, ids))
-        for (record, text, ids), prompt_ids in zip(
-                chosen, encode_prompts([r for r, _, _ in chosen]) if chosen else [],
-                strict=True):
-            targets.append(Target(np.asarray(prompt_ids, np.int32), *_padded(ids, width)))
-            kept.append({"label": record.label, "prompt": record.prompt, "completion": text})
-        logging.info("RFT warm start: labelled batch %d/%d, %d targets so far (dropped: %s)",
-                     round_index + 1, c.rft.rounds, counts["kept"],
-                     {k: v for k, v in counts.items() if k != "kept" and v})
+    # All rounds' prompts first, then the benign ones answered in batches of a rollout step's
+    # size (prompts_per_step x num_samples): one greedy generation per batch, not per round.
+    records = [r for _ in range(c.rft.rounds) for r in next_records()]
+    benign = [r for r in records if r.label == "benign"]
+    size = c.train.prompts_per_step * c.rollout.num_samples
+    answers = iter([text for start in tqdm(
+        range(0, len(benign), size), desc="warm start: plain answers to benign prompts",
+        unit="batch", dynamic_ncols=True) for text in answer(benign[start:start + size], budget)])
+    targets, kept, counts, chosen = [], [], dict.fromkeys(REASONS, 0), []
+    for record in records:
+        body = "" if record.label == "harmful" else whole_sentences(next(answers))
+        text = labelled_completion(record.label, body)
+        ids = encode_completion(text[len(prefix):])
+        if record.label == "benign" and (not body or len(ids) > width):
+            counts["unfinished"] += 1
+            continue
+        verdict = judge(record, text, set(), scaffold_ngrams=set(), copy_words=1,
+                        refusal=refusal)
+        counts[verdict.reason] += 1
+        if verdict.keep:
+            chosen.append((record, text, ids))
+    for (record, text, ids), prompt_ids in zip(
+            chosen, encode_prompts([r for r, _, _ in chosen]) if chosen else [], strict=True):
+        targets.append(Target(np.asarray(prompt_ids, np.int32), *_padded(ids, width)))
+        kept.append({"label": record.label, "prompt": record.prompt, "completion": text})
+    logging.info("RFT warm start: %d labelled targets from %d prompts (dropped: %s)",
+                 counts["kept"], len(records),
+                 {k: v for k, v in counts.items() if k != "kept" and v})
     if len(targets) < c.rft.min_kept:
         raise ConfigValueError(
             f"config.rft: {len(targets)} labelled warm-start targets (dropped: {counts}), "
