@@ -11,6 +11,7 @@ from __future__ import annotations
 import ml_collections
 
 from alphaalign_jax.rewards import DEFAULT_REFUSAL_PHRASES, DEFAULT_SAFETY_TEMPLATE, MARKER_SCOPES
+from alphaalign_jax.rewards.verifiers import REASONING_OPEN
 from alphaalign_jax.rl import algorithms
 from alphaalign_jax.rl.losses import AGGREGATIONS
 
@@ -260,6 +261,11 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(c.rft.targets_from == "samples" or c.rft.targets_of == "both", "rft.targets_of",
              "'benign' selects among samples; with rft.targets_from='labels' every prompt "
              "gives a target: keep 'both'")
+    _require(c.rft.targets_from == "samples" or not c.rft.rounds
+             or REASONING_OPEN.startswith(c.rollout.response_prefix), "rollout.response_prefix",
+             f"{c.rollout.response_prefix!r} is not the start of the template's "
+             f"{REASONING_OPEN!r}, which every labelled warm-start target begins with "
+             "(rft.targets_from='labels')")
     _require(t.steps >= 1, "train.steps", "must be >= 1")
     _require(t.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")

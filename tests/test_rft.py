@@ -343,7 +343,7 @@ def test_labelled_targets_need_room_and_a_prefix_the_targets_begin_with():
     c = _labelled_config()
     c.rollout.response_prefix = "<answer>"
     with pytest.raises(config_lib.ConfigValueError, match=r"config\.rollout\.response_prefix"):
-        rft.collect_labelled(c, never, never, never, lambda t: list(t.encode()))
+        config_lib.validate(c)
     c = _labelled_config()
     c.rollout.max_new_tokens = 40
     with pytest.raises(config_lib.ConfigValueError, match=r"config\.rollout\.max_new_tokens"):

@@ -266,10 +266,6 @@ def collect_labelled(c: ml_collections.ConfigDict,
     (``decision``: the reward would punish it) or it holds no whole sentence (``unfinished``)."""
     refusal = safety_config(c.reward).refusal
     width, prefix = c.rollout.max_new_tokens, c.rollout.response_prefix
-    if not REASONING_OPEN.startswith(prefix):
-        raise ConfigValueError(
-            f"config.rollout.response_prefix: {prefix!r} is not the start of the template's "
-            f"{REASONING_OPEN!r}, which every labelled warm-start target begins with")
     budget = width - len(encode_completion(labelled_completion("benign")[len(prefix):]))
     if budget < 8:
         raise ConfigValueError(f"config.rollout.max_new_tokens: {width} tokens leave "
