@@ -18,6 +18,7 @@ trusted (``verify_manifest``).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import pathlib
@@ -45,6 +46,7 @@ from alphaalign_jax.models.transformer import rope_inv_freq
 
 TOKENIZER_SUBDIR = "tokenizer"
 MANIFEST = "alphaalign_manifest.json"
+SET_ASIDE = "checkpoints_set_aside"  # beside checkpoints/: damaged or unverifiable ones
 
 
 def _file_digests(path: pathlib.Path) -> dict[str, list]:
@@ -57,11 +59,15 @@ def _file_digests(path: pathlib.Path) -> dict[str, list]:
 
 
 def write_manifest(path: str | pathlib.Path) -> pathlib.Path:
-    """Record the size and SHA-256 of every file of a finished checkpoint."""
+    """Record the size and SHA-256 of every file of a finished checkpoint. Written aside and
+    renamed, so a checkpoint is sealed whole or not at all (a full disk leaves no half)."""
     path = pathlib.Path(path)
     tmp = path / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"files": _file_digests(path)}, indent=0))
-    return tmp.replace(path / MANIFEST)
+    try:
+        tmp.write_text(json.dumps({"files": _file_digests(path)}, indent=0))
+        return tmp.replace(path / MANIFEST)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def has_manifest(path: str | pathlib.Path) -> bool:
@@ -86,6 +92,35 @@ def verify_manifest(path: str | pathlib.Path) -> list[str] | None:
             what = "size" if found[name][0] != size else "content (sha256)"
             problems.append(f"{name}: {what} differs")
     return problems
+
+
+def verify_checkpoint(path: str | pathlib.Path, field: str) -> pathlib.Path:
+    """An orbax checkpoint a tool may read: not set aside by a trainer, sealed, and every file
+    as its manifest says. Anything else is a :class:`CheckpointError` naming the check that
+    failed (an unsealed checkpoint's write may have been cut short: nothing vouches for it)."""
+    path = pathlib.Path(path).absolute()
+    if not path.exists():
+        raise CheckpointError(f"{field}={path}: no such file or directory")
+    if SET_ASIDE in path.parts:
+        entry = pathlib.Path(*path.parts[:path.parts.index(SET_ASIDE) + 2])
+        try:
+            why = json.loads(entry.with_name(entry.name + ".json").read_text())["reason"]
+        except (OSError, ValueError, KeyError, TypeError):
+            why = "damaged or unverifiable"
+        raise CheckpointError(f"{field}={path}: set aside by the trainer ({why}); use a "
+                              "checkpoint under the run's checkpoints/")
+    if not (path / "model_config").exists():
+        raise CheckpointError(f"{field}={path}: not an alphaalign checkpoint (no model_config "
+                              "item); a run's checkpoints/<step> or hf-to-orbax's output")
+    problems = verify_manifest(path)
+    if problems is None:
+        raise CheckpointError(f"{field}={path}: unsealed (no {MANIFEST}): its write did not "
+                              "finish or it was changed since, so nothing verifies it; use a "
+                              "sealed checkpoint")
+    if problems:
+        raise CheckpointError(f"{field}={path}: fails verification ({'; '.join(problems[:3])})"
+                              "; use an intact checkpoint")
+    return path
 
 
 def param_dict(model: Transformer) -> dict:
@@ -120,6 +155,7 @@ def save_model(path: str | pathlib.Path, model: Transformer, *,
             src = pathlib.Path(tokenizer_dir) / fname
             if src.exists():
                 shutil.copy2(src, path / TOKENIZER_SUBDIR / fname)
+    write_manifest(path)  # last: a checkpoint cut short is never sealed
     return path
 
 
@@ -181,6 +217,20 @@ class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written (disk full, permissions): the run stops."""
 
 
+def disk_full(error: BaseException | None) -> bool:
+    """Whether an error, or one it was raised from, is a full disk or quota (orbax wraps the
+    OS error in its own)."""
+    for _ in range(20):
+        if error is None:
+            return False
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def _first_line(error: Exception, limit: int) -> str:
     """An exception as one short line (orbax and OS errors can run to hundreds)."""
     text = str(error).strip()
@@ -192,13 +242,24 @@ def _abstract(tree):
                         tree)
 
 
+def saved_steps(directory: pathlib.Path) -> list[int]:
+    """The steps of a run's checkpoint directory, from its listing (orbax's in-progress
+    ``<step>.orbax-checkpoint-tmp-*`` directories are not steps)."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
 class TrainCheckpoints:
     """A training run's checkpoints: orbax's manager, plus what a long run needs.
 
-    Every finished checkpoint is sealed with a manifest; one that fails it or cannot be read
-    is set aside (moved, never deleted) and the previous one is used; a checkpoint of another
-    model is refused naming the differing fields, before anything large is read; a failed
-    write stops the run in one line naming the last good checkpoint.
+    Every checkpoint this process writes is sealed with a manifest as soon as its write ends;
+    one found without a manifest (its write was cut short, or it was changed since) or failing
+    it is set aside (moved, never deleted) and never sealed later, and the newest verified one
+    is used. Old checkpoints are removed only once ``max_to_keep`` newer ones are sealed, so a
+    kill at any point leaves a verified one. A checkpoint of another model is refused naming
+    the differing fields, before anything large is read; a failed write stops the run in one
+    line naming the last good checkpoint, which it leaves intact.
 
     A checkpoint holds the run's pytrees (``state``: parameters, optimizer states), the
     ``model_config`` item and a JSON ``train_state`` (step, data position, seed).
@@ -209,9 +270,21 @@ class TrainCheckpoints:
         self.directory = directory
         self.model_config = model_config
         self.hf_dir = hf_dir
-        self.manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, enable_async_checkpointing=async_save))
+        self.max_to_keep = max_to_keep
+        self.async_save = async_save
+        self._manager: ocp.CheckpointManager | None = None
         self._last_save: int | None = None  # the step a background write error belongs to
+        self._unsealed: list[int] = []  # written by this process, manifest still to write
+
+    @property
+    def manager(self) -> ocp.CheckpointManager:
+        """Made on first use: orbax creates the directory, and a run writes nothing into its
+        workdir before its inputs are checked. Rotation is ours (:meth:`_rotate`)."""
+        if self._manager is None:
+            self._manager = ocp.CheckpointManager(self.directory, options=(
+                ocp.CheckpointManagerOptions(max_to_keep=None, cleanup_tmp_directories=True,
+                                             enable_async_checkpointing=self.async_save)))
+        return self._manager
 
     def step_dir(self, step: int) -> pathlib.Path:
         return self.directory / str(step)
@@ -244,28 +317,40 @@ class TrainCheckpoints:
                 "use another --workdir, or the model it was trained from")
 
     def check_latest_model(self) -> None:
-        self.check_model(self.manager.latest_step())
+        """:meth:`check_model` of the newest checkpoint, from the directory's listing: makes
+        no manager, so it writes nothing."""
+        steps = saved_steps(self.directory)
+        self.check_model(steps[-1] if steps else None)
 
     def save(self, step: int, state: dict[str, Any], train_state: dict[str, Any],
              force: bool = False) -> None:
         self.seal()
         self._last_save = step
         try:
-            self.manager.save(step, args=ocp.args.Composite(
+            saved = self.manager.save(step, args=ocp.args.Composite(
                 **{name: ocp.args.StandardSave(tree) for name, tree in state.items()},
                 model_config=ocp.args.JsonSave(model_config_item(self.model_config,
                                                                  str(self.hf_dir))),
                 train_state=ocp.args.JsonSave(train_state)), force=force)
         except Exception as e:
             raise self._write_error(step, e) from e
+        if saved:
+            self._unsealed.append(step)
+        if not self.async_save:
+            self._seal_written()
 
     def _write_error(self, step: int, error: Exception) -> CheckpointWriteError:
-        good = [s for s in self.all_steps() if s != step and verify_manifest(self.step_dir(s)) == []]
+        good = [s for s in saved_steps(self.directory)
+                if s != step and verify_manifest(self.step_dir(s)) == []]
+        cause = (f"the disk is full ({_first_line(error, 200)})" if disk_full(error)
+                 else _first_line(error, 300))
         return CheckpointWriteError(
-            f"could not write the checkpoint of step {step} to {self.directory}: "
-            f"{_first_line(error, 300)}. The last good checkpoint is "
-            + (f"step {max(good)}; re-run the same command to resume from it" if good
-               else "none") + ".")
+            f"could not write the checkpoint of step {step} to {self.directory}: {cause}. "
+            "The last good checkpoint is "
+            + (f"step {max(good)}; it is intact: " if good else "none; ")
+            + ("free space, then " if disk_full(error) else "")
+            + ("re-run the same command to resume from it." if good
+               else "re-run the same command to start again."))
 
     def check_async_save(self, step: int, wait: bool = False) -> None:
         """A failed background write stops the run in one line: after every step (without
@@ -279,53 +364,89 @@ class TrainCheckpoints:
                                     e) from e
 
     def seal(self) -> None:
-        """Wait for the asynchronous save and write the manifest of every checkpoint that
-        lacks one (sealed checkpoints are not hashed again)."""
-        self.check_async_save(0, wait=True)
-        if jax.process_index() != 0:
+        """Wait for the save in flight, then seal what this process wrote. A checkpoint found
+        unsealed at start is never sealed: nothing says its files are the ones written."""
+        if self._manager is None:
             return
-        for step in self.all_steps():
-            if not has_manifest(self.step_dir(step)):
-                write_manifest(self.step_dir(step))
+        self.check_async_save(0, wait=True)
+        self._seal_written()
+
+    def seal_finished(self, step: int) -> None:
+        """After a step: stop on a failed background write, and seal a finished one without
+        waiting for one in progress (the sooner sealed, the less a kill sets aside)."""
+        self.check_async_save(step)
+        if not self.manager.is_saving_in_progress():
+            self._seal_written()
+
+    def _seal_written(self) -> None:
+        for step in self._unsealed:
+            # a write that raised is reported by check_async_save; its step has no directory
+            if jax.process_index() == 0 and self.step_dir(step).is_dir():
+                try:
+                    write_manifest(self.step_dir(step))
+                except OSError as e:
+                    raise self._write_error(step, e) from e
+        self._unsealed = []
+        self._rotate()
+
+    def _rotate(self) -> None:
+        """Remove the checkpoints older than the newest ``max_to_keep`` sealed ones."""
+        steps = self.all_steps()
+        sealed = [s for s in steps if has_manifest(self.step_dir(s))]
+        if len(sealed) <= self.max_to_keep:
+            return
+        oldest_kept = sorted(sealed)[-self.max_to_keep]
+        for step in (s for s in steps if s < oldest_kept):
+            if jax.process_index() == 0:
+                shutil.rmtree(self.step_dir(step))
+        self.manager.reload()
 
     def last_good(self) -> str:
         self.seal()
-        good = [s for s in self.all_steps() if not verify_manifest(self.step_dir(s))]
+        good = [s for s in self.all_steps() if verify_manifest(self.step_dir(s)) == []]
         return str(self.step_dir(max(good))) if good else "none"
 
     def _set_aside(self, step: int, reason: str) -> pathlib.Path:
-        """Move a damaged checkpoint out of the manager's directory (never delete it)."""
-        target = (self.directory.parent / "checkpoints_set_aside"
-                  / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        """Move a damaged checkpoint out of the manager's directory (never delete it), with a
+        note of why beside it (``<name>.json``, read by :func:`verify_checkpoint`)."""
+        target = self.directory.parent / SET_ASIDE / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        target = next(t for t in (target.with_name(f"{target.name}{s}") for s in
+                                  ("", *(f"-{i}" for i in range(1, 1000)))) if not t.exists())
         if jax.process_index() == 0:
             target.parent.mkdir(exist_ok=True)
             self.step_dir(step).rename(target)
+            target.with_name(target.name + ".json").write_text(json.dumps(
+                {"step": step, "from": str(self.step_dir(step)), "reason": reason}))
         self.manager.reload()
         logging.warning("checkpoint %s %s; moved to %s", self.step_dir(step), reason, target)
         return target
 
     def restore_latest(self, like: dict[str, Any]) -> tuple[dict[str, Any], dict] | None:
-        """``(state, train_state)`` of the newest checkpoint that verifies and restores, its
-        pytrees shaped and placed like ``like``; damaged ones are set aside with a warning and
-        the previous one is used. None when there is none."""
+        """``(state, train_state)`` of the newest checkpoint that verifies, its pytrees shaped
+        and placed like ``like``; the newer ones that do not verify are set aside with a
+        warning. None when there is none. A verified checkpoint that does not restore is
+        refused, not set aside: its files are as written, so the run's state differs."""
         set_aside = []
         for step in sorted(self.all_steps(), reverse=True):
             problems = verify_manifest(self.step_dir(step))
+            if problems is None:
+                problems = [f"no {MANIFEST}: its write was cut short or it was changed since, "
+                            "so nothing verifies it"]
             if problems:
                 set_aside.append((step, self._set_aside(
                     step, "fails verification: " + "; ".join(problems[:3]))))
                 continue
+            self.check_model(step)  # raises, naming the differing fields
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
                     **{name: ocp.args.StandardRestore(_abstract(tree))
                        for name, tree in like.items()},
                     model_config=ocp.args.JsonRestore(), train_state=ocp.args.JsonRestore()))
-            except Exception as e:  # orbax raises many kinds for a truncated or torn file
-                set_aside.append((step, self._set_aside(
-                    step, f"cannot be read ({_first_line(e, 200)})")))
-                continue
-            if restored["model_config"]["hf_config"] != self.model_config.hf_config:
-                self.check_model(step)  # raises, naming the differing fields
+            except Exception as e:  # noqa: BLE001 (orbax raises many kinds)
+                raise CheckpointError(
+                    f"{self.step_dir(step)}: verified, but does not restore into this run's "
+                    f"state ({_first_line(e, 200)}); resume with the settings the run was made "
+                    "with (its config.json), or use another --workdir") from None
             if set_aside:
                 logging.warning("resumed from the previous good checkpoint %s (step %d) "
                                 "instead of step %s, set aside in %s", self.step_dir(step),

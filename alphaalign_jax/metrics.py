@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+from absl import logging
 from tqdm import tqdm
 
 HEADLINE = {  # metric -> short console name
@@ -57,16 +58,45 @@ class MetricsWriter:
             plot_metrics(self.path, self.workdir / "curves.png")
 
 
+def _lines(path: pathlib.Path) -> list[tuple[str, dict | None]]:
+    """Each non-blank line and its step record, or None for a line that is none: one torn by
+    a kill or a full disk in the middle of its write."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        out.append((line, row if isinstance(row, dict) and isinstance(row.get("step"), int)
+                    else None))
+    return out
+
+
 def read_metrics(path: pathlib.Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The step records of a metrics file, a torn line left out."""
+    return [row for _, row in _lines(path) if row is not None]
 
 
 def _truncate_after(path: pathlib.Path, step: int) -> None:
-    """On resume, drop lines of steps after the checkpoint (they will be redone)."""
+    """On resume, keep the lines of steps up to the checkpoint's. Later steps (they will be
+    redone) and torn lines are appended to ``<name>.dropped`` beside the file, never lost;
+    the file is replaced whole, so a kill here loses nothing either."""
     if not path.exists():
         return
-    kept = [r for r in read_metrics(path) if r["step"] <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    lines = _lines(path)
+    dropped = [line for line, row in lines if row is None or row["step"] > step]
+    if not dropped:
+        return
+    with open(path.with_name(path.name + ".dropped"), "a") as f:
+        f.write("".join(line + "\n" for line in dropped))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line, row in lines
+                           if row is not None and row["step"] <= step))
+    tmp.replace(path)
+    logging.warning("%s: %d line(s) after the checkpoint's step %d or torn, moved to %s",
+                    path, len(dropped), step, path.name + ".dropped")
 
 
 SMOOTHING = 5  # steps in the moving mean drawn over each curve's raw points
