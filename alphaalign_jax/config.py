@@ -3,10 +3,19 @@
 Config files in ``configs/`` start from :func:`base_config` and change what
 their model needs. The returned ConfigDict is locked, so a misspelt override
 (``--config.optim.lr=...``) fails at once, naming the field; :func:`validate`
-then checks values and their consistency, naming the field at fault.
+then checks values and their consistency, naming the field at fault;
+:func:`check_inputs` the directories and files the config names and the context, before
+any weights load; :func:`resume_changes` what a resumed run may not change. The command
+lines' one-line errors (:func:`usage_error`, :class:`OneLineParser`) live here too.
 """
 
 from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from typing import NoReturn
 
 import ml_collections
 
@@ -184,6 +193,11 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
              f"'{c.model.dtype}' is not float32 or bfloat16")
     _require(c.model.param_dtype in ("float32", "bfloat16"), "model.param_dtype",
              f"'{c.model.param_dtype}' is not float32 or bfloat16")
+    for axis in ("data", "fsdp", "tensor"):
+        _require(c.mesh[axis] >= 1 or c.mesh[axis] == -1, f"mesh.{axis}",
+                 f"must be >= 1, or -1 for the devices left, got {c.mesh[axis]}")
+    _require(list(c.mesh.values()).count(-1) <= 1, "mesh",
+             "at most one axis may be -1 (the devices the others leave)")
     _require(0.0 <= c.data.harmful_fraction <= 1.0, "data.harmful_fraction", "must be in [0, 1]")
     _require(isinstance(c.data.seed, int) and not isinstance(c.data.seed, bool)
              and c.data.seed >= 0, "data.seed", f"must be >= 0 and an int, got {c.data.seed!r}")
@@ -208,6 +222,14 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(r.max_sampling_rounds >= 1, "rollout.max_sampling_rounds", "must be >= 1")
     _require(r.oversample >= 1.0, "rollout.oversample", "must be >= 1")
     _require(0.0 <= c.reward.format_shaping <= 1.0, "reward.format_shaping", "must be in [0, 1]")
+    for name in ("r_format", "r_answer"):
+        _require(c.reward[name] >= 0, f"reward.{name}", f"must be >= 0, got {c.reward[name]}")
+    _require(all(isinstance(x, str) and x for x in r.stop_strings), "rollout.stop_strings",
+             f"must be non-empty strings, got {tuple(r.stop_strings)!r}")
+    _require(len(c.reward.refusal_phrases) > 0 and all(
+        isinstance(x, str) and x.strip() for x in c.reward.refusal_phrases),
+        "reward.refusal_phrases", "must be one or more non-blank strings (an answer starting "
+        "with one is a refusal)")
     _require(all(isinstance(m, str) and m.strip() for m in c.reward.refusal_markers),
              "reward.refusal_markers", "must be non-blank strings (words matched anywhere in "
              "the answer)")
@@ -272,6 +294,12 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(t.eval_prompts >= 0, "train.eval_prompts", "must be >= 0 (0: no evaluation)")
     _require(t.eval_new_tokens >= 1, "train.eval_new_tokens", "must be >= 1")
     _require(o.learning_rate >= 0, "optim.learning_rate", "must be >= 0")
+    _require(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    _require(0 <= o.b1 < 1, "optim.b1", "must be in [0, 1)")
+    _require(0 <= o.b2 < 1, "optim.b2", "must be in [0, 1)")
+    _require(o.eps >= 0, "optim.eps", "must be >= 0")
+    _require(o.max_grad_norm >= 0, "optim.max_grad_norm", "must be >= 0 (0: no clipping)")
+    _require(t.log_samples >= 0, "train.log_samples", "must be >= 0")
     _require(0 <= o.warmup_steps <= t.steps * a.num_updates * a.mini_batches,
              "optim.warmup_steps",
              "must be in [0, train.steps * algo.num_updates * algo.mini_batches]")
@@ -287,9 +315,12 @@ def parse_config_arg(arg: str, options: tuple[str, ...] = ()) -> tuple[str, set[
     unknown = words - names - set(options)
     if unknown or len(names) > 1:
         raise ConfigValueError(
-            f"config argument {arg!r}: expected at most one algorithm of "
-            f"{tuple(algorithms.ALGORITHMS)}" + (f" and options of {options}" if options else "")
-            + (f"; unknown: {sorted(unknown)}" if unknown else ""))
+            f"--config=FILE:{arg}: "
+            + (f"unknown option {', '.join(sorted(unknown))}" if unknown
+               else f"more than one algorithm ({', '.join(sorted(names))})")
+            + f"; at most one algorithm of {', '.join(algorithms.ALGORITHMS)}"
+            + (f" and the options {', '.join(options)}" if options else "")
+            + ", comma-separated")
     return (min(names) if names else "grpo"), words - names
 
 
@@ -333,3 +364,174 @@ def field_help() -> dict[str, str]:
             first = first.replace(constant, ", ".join(globals()[constant]))
         help_of[name] = first if len(first) <= 110 else first[:107] + "..."
     return help_of
+
+
+# ------------------------------------------------------------- inputs, before a run starts
+def _model_dir(path: str | pathlib.Path, field: str):
+    """The architecture of the HF directory a field names (its config.json; no weights)."""
+    from alphaalign_jax.models import ModelConfig
+
+    path = pathlib.Path(path)
+    allowed = "a Hugging Face model directory (config.json, *.safetensors)"
+    if not (path / "config.json").is_file():
+        what = "no config.json in the directory" if path.is_dir() else "no such directory"
+        raise ConfigValueError(f"config.{field}: {path}: {what}; {allowed}")
+    try:
+        return ModelConfig.from_pretrained(path)
+    except (ValueError, KeyError, TypeError) as e:
+        lines = str(e).strip().splitlines() or [repr(e)]
+        raise ConfigValueError(f"config.{field}: {path}: {lines[0]}; {allowed}") from None
+
+
+def _jsonl_head(path: str | pathlib.Path, field: str, allowed: str) -> None:
+    """A JSONL file a field names exists and its first row is a JSON object (the whole file
+    is read, row by row, where it is used)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        what = "a directory, not a file" if path.is_dir() else "no such file"
+        raise ConfigValueError(f"config.{field}: {path}: {what}; {allowed}")
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if raw.strip():
+                try:
+                    row = json.loads(raw)
+                except ValueError:
+                    row = None
+                if not isinstance(row, dict):
+                    raise ConfigValueError(f"config.{field}: {path}:{number}: not a JSON object; "
+                                           f"{allowed}")
+                return
+    raise ConfigValueError(f"config.{field}: {path} holds no rows; {allowed}")
+
+
+PROMPT_ROWS = ('a JSONL file, one {"prompt", "label": "harmful"|"benign", "source", "id"} '
+               "object a line")
+
+
+def check_context(c: ml_collections.ConfigDict, context: int, source: str) -> None:
+    """A prompt of ``rollout.max_prompt_len`` tokens and its completion fit the policy's
+    ``context`` (read from ``source``)."""
+    r = c.rollout
+    _require(r.max_prompt_len < context, "rollout.max_prompt_len",
+             f"{r.max_prompt_len} tokens leave no room for an answer in the model's context of "
+             f"{context} tokens ({source}); less than {context}")
+    _require(r.max_prompt_len + r.max_new_tokens <= context, "rollout.max_new_tokens",
+             f"{r.max_new_tokens} new tokens after a prompt of up to rollout.max_prompt_len="
+             f"{r.max_prompt_len} exceed the model's context of {context} tokens ({source}); "
+             f"at most {context - r.max_prompt_len}")
+
+
+def check_inputs(c: ml_collections.ConfigDict, hf_dir: pathlib.Path):
+    """What can be checked before any weights load and before anything is written: the model
+    directories and files the config names (a data file's first row; the trainer reads every
+    row before it loads weights) and a prompt with its completion against the policy's
+    context. Returns the policy's architecture (its config.json)."""
+    policy = _model_dir(hf_dir, "model.hf_dir")
+    check_context(c, policy.max_position_embeddings, f"{hf_dir}/config.json")
+    if c.data.train_file:
+        _jsonl_head(c.data.train_file, "data.train_file", PROMPT_ROWS)
+    if c.rft.targets_file:
+        _jsonl_head(c.rft.targets_file, "rft.targets_file",
+                    "a warm start's rft_targets.jsonl (RUN/rft_targets.jsonl)")
+    if c.reward.helpfulness == "classifier" or (c.reward.helpfulness == "lm_judge"
+                                                and c.reward.rm_dir):
+        _require(bool(c.reward.rm_dir), "reward.rm_dir",
+                 "empty; the classifier helpfulness backend needs a reward model directory")
+        _model_dir(c.reward.rm_dir, "reward.rm_dir")
+    if algorithms.get(c.algo.name).critic and c.algo.critic_dir:
+        _model_dir(c.algo.critic_dir, "algo.critic_dir")
+    if c.reward.safety_judge:
+        from alphaalign_jax.rewards.safety_judge import check_judge_dir
+
+        check_judge_dir(c.reward.safety_judge, "config.reward.safety_judge")
+    return policy
+
+
+# What a resumed run may not change: each decides what its checkpoints hold (the algorithm
+# and so the critic, the model, its parameters' dtype and layout, LoRA, whether the optimizer
+# clips) or how the data position and the step's RNG read on (the batch's shape, the data,
+# the seeds, the warm start that made step 0). A section's name covers its fields. Any other
+# change (steps, logging, checkpoint cadence, learning rate, ...) is allowed and recorded.
+STATE_FIELDS = ("algo.name", "model.hf_dir", "model.param_dtype", "model.scan_layers", "lora",
+                "optim.max_grad_norm", "algo.mini_batches", "train.prompts_per_step",
+                "train.seed", "rollout.num_samples", "rollout.dynamic_sampling",
+                "rollout.oversample", "data", "rft")
+# Of these, fields where only a kind of value matters: clipping on (> 0) or off.
+_STATE_KIND = {"optim.max_grad_norm": lambda v: v is not None and v > 0}
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_changes(recorded: dict, c: ml_collections.ConfigDict) -> tuple[dict, dict]:
+    """How ``c`` differs from a run's recorded ``config.json``: ``(refused, allowed)``, each
+    ``{field: (recorded, new)}``, refused the :data:`STATE_FIELDS` changes. A field the
+    recorded config predates is not compared."""
+    old, new = _flat(recorded), _flat(json.loads(c.to_json_best_effort()))
+    changed = {f: (old[f], v) for f, v in new.items() if f in old and old[f] != v}
+
+    def alters_state(field: str, before, after) -> bool:
+        kind = _STATE_KIND.get(field)
+        return (any(field == s or field.startswith(s + ".") for s in STATE_FIELDS)
+                and (kind is None or kind(before) != kind(after)))
+
+    refused = {f: v for f, v in changed.items() if alters_state(f, *v)}
+    return refused, {f: v for f, v in changed.items() if f not in refused}
+
+
+# ------------------------------------------------------------------ command-line errors
+def usage_error(message: str) -> NoReturn:
+    """A bad command line, config value or input file: one line on stderr, exit status 2 (as
+    argparse), before anything is loaded or written."""
+    print(" ".join(message.split("\n")), file=sys.stderr)
+    sys.exit(2)
+
+
+def number(kind: type, low: float | None = None, *, above: float | None = None):
+    """An argparse type: an int or float, at least ``low`` or more than ``above``."""
+    noun = "an int" if kind is int else "a number"
+    allowed = noun + (f" >= {low}" if low is not None else "") + (
+        f" > {above}" if above is not None else "")
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}; {allowed}") from None
+        if (low is not None and value < low) or (above is not None and value <= above):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; {allowed}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``PROG: <option>: <what is wrong>; <what is
+    allowed>``, exit status 2 (argparse's own is its usage block, then the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        import re
+
+        options = sorted({o for a in self._actions for o in a.option_strings
+                          if o.startswith("--") and o != "--help"})
+        allowed = (f"the options are {', '.join(options)}" if options else "see --help")
+        if message.startswith("unrecognized arguments: "):
+            given = message.split(": ", 1)[1].split()
+            flag = next((g for g in given if g.startswith("-")), given[0])
+            message = f"{flag.split('=')[0]}: unknown option; {allowed}"
+        elif message.startswith("the following arguments are required: "):
+            message = f"{message.split(': ', 1)[1]}: missing; required (see --help)"
+        elif found := re.fullmatch(r"argument (\S+?): invalid (\w+) value: (.*)", message):
+            name, kind, value = found.groups()
+            message = f"{name.split('/')[-1]}: {value} is not a valid {kind}; see --help"
+        elif found := re.fullmatch(r"argument (\S+?): (.*)", message, flags=re.DOTALL):
+            message = f"{found.group(1).split('/')[-1]}: {found.group(2)}"
+        usage_error(f"{self.prog}: {message}")
