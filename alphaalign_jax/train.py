@@ -19,6 +19,7 @@ function of the step), and SIGTERM (TPU preemption) saves and exits cleanly.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import json
 import math
@@ -43,15 +44,15 @@ from ml_collections import config_flags
 from alphaalign_jax import assets
 from alphaalign_jax import config as config_lib
 from alphaalign_jax import sharding as shd
-from alphaalign_jax.checkpoint import (CheckpointWriteError, TrainCheckpoints, load_model,
-                                       save_model)
+from alphaalign_jax.checkpoint import (CheckpointWriteError, TrainCheckpoints, disk_full,
+                                       load_model, save_model, saved_steps, verify_checkpoint)
 from alphaalign_jax.data.budget import PromptTooLong, fit_prompt_budget
 from alphaalign_jax.data.forms import restate_forms
 from alphaalign_jax.data.pipeline import BalancedPrompts, Subset, bundled_splits
 from alphaalign_jax.data.records import DataError, PromptRecord, load_jsonl
 from alphaalign_jax.metrics import MetricsWriter
 from alphaalign_jax.rundir import RunDirLock, RunDirLocked
-from alphaalign_jax.models import CheckpointError, from_pretrained, load_tokenizer
+from alphaalign_jax.models import CheckpointError, ConfigError, from_pretrained, load_tokenizer
 from alphaalign_jax.models.flops import grouped_pass_flops, sampling_flops
 from alphaalign_jax.rewards import RewardFn, alphaalign_reward, policy_prompt, scored_response
 from alphaalign_jax.rewards.reward_fn import safety_config
@@ -72,7 +73,7 @@ NO_SIGNAL_STEPS = 3  # steps without reward variance in any group before "no lea
 
 
 class Preempted(Exception):
-    """SIGTERM/SIGINT received: checkpoint written, exit cleanly."""
+    """A stop signal (SIGTERM, SIGINT): the run ends cleanly; the message says what was saved."""
 
 
 def loss_settings(c: ml_collections.ConfigDict) -> LossSettings:
@@ -134,26 +135,35 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
-        self.mesh = shd.make_mesh(dict(config.mesh))
+        try:
+            self.mesh = shd.make_mesh(dict(config.mesh))
+        except ValueError as e:  # the axes do not fit the devices there are
+            raise config_lib.ConfigValueError(
+                f"config.mesh: {e}; axis sizes whose product is the {jax.device_count()} "
+                "devices, or one of them -1 for the rest") from None
         config_lib.validate(config, num_devices=self.mesh.size)
         self.config = config
         self.workdir = pathlib.Path(workdir).absolute()
-        self.lock = (RunDirLock(self.workdir, "trainer").acquire()
-                     if jax.process_index() == 0 else None)
         c = config
+        # Every input is checked before a weight loads or the workdir is written: the files
+        # the config names, every training prompt, the context, the run being resumed.
         # Absolute, so a checkpoint names its tokenizer wherever it is read from.
         self.hf_dir = pathlib.Path(c.model.hf_dir or assets.fetch_smollm2(quiet=True)).absolute()
+        self.model_config = dataclasses.replace(config_lib.check_inputs(c, self.hf_dir),
+                                                scan_layers=bool(c.model.scan_layers))
         self.tokenizer = load_tokenizer(self.hf_dir, "config.model.hf_dir")
-        policy = from_pretrained(self.hf_dir, dtype=c.model.dtype, mesh=self.mesh,
-                                 param_dtype=c.model.param_dtype,
-                                 scan_layers=bool(c.model.scan_layers))
-        self.model_config = policy.config
+        self.prompts = self._prompt_batches()
         self.checkpoints = TrainCheckpoints(
             self.workdir / "checkpoints", model_config=self.model_config, hf_dir=self.hf_dir,
             max_to_keep=c.train.keep_checkpoints, async_save=c.train.async_checkpointing)
-        # Nothing in the workdir is rewritten before its checkpoints are known to fit.
         self.checkpoints.check_latest_model()
-        (self.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        changes = self._resume_changes()
+        self.lock = (RunDirLock(self.workdir, "trainer").acquire()
+                     if jax.process_index() == 0 else None)
+        if self.lock is not None:
+            self._record_config(changes)
+        policy = from_pretrained(self.hf_dir, dtype=c.model.dtype, mesh=self.mesh,
+                                 param_dtype=c.model.param_dtype, config=self.model_config)
         self.graphdef, self.params, self.rest = nnx.split(policy, nnx.Param, ...)
         self.algorithm = algorithms.get(c.algo.name)
         self.ref_params = (jax.tree.map(jnp.copy, self.params)
@@ -164,14 +174,50 @@ class Trainer:
         self.sampler = Sampler(policy, self.tokenizer, mesh=self.mesh,
                                max_prompt_len=c.rollout.max_prompt_len)
         self.reward_fn = reward_fn or alphaalign_reward(c.reward, self.hf_dir, self.mesh)
-        self.prompts = self._prompt_batches()
         self._compile_train_step()
         self.step = 0
+
+    def _resume_changes(self) -> dict:
+        """How this config differs from the one of the run in the workdir (``config.json``),
+        when there is a run to resume (a checkpoint): a change that alters what its
+        checkpoints hold is refused here, naming the fields, before anything is touched."""
+        path = self.workdir / "config.json"
+        if not path.is_file() or not saved_steps(self.checkpoints.directory):
+            return {}
+        try:
+            recorded = json.loads(path.read_text())
+        except ValueError as e:
+            raise config_lib.ConfigValueError(
+                f"--workdir={self.workdir}: its config.json is not JSON ({e}); restore it, or "
+                "use another --workdir") from None
+        refused, allowed = config_lib.resume_changes(recorded, self.config)
+        if refused:
+            raise config_lib.ConfigValueError(
+                ", ".join(f"config.{f}" for f in refused) + f": differ from the run in "
+                f"{self.workdir} (" + "; ".join(f"{f} {a!r} -> {b!r}" for f, (a, b) in
+                                               refused.items())
+                + "), which would change what its checkpoints hold; resume with the run's "
+                "values (its config.json), or use another --workdir")
+        return allowed
+
+    def _record_config(self, changes: dict) -> None:
+        """``config.json`` holds the values in force; each resume that changed some is a line
+        of ``config_history.jsonl`` (when, what from and to)."""
+        if changes:
+            logging.warning("resuming with changed settings: %s", "; ".join(
+                f"{f} {a!r} -> {b!r}" for f, (a, b) in changes.items()))
+            with open(self.workdir / "config_history.jsonl", "a") as f:
+                f.write(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                    "changed": {k: list(v) for k, v in changes.items()}})
+                        + "\n")
+        tmp = self.workdir / "config.json.tmp"
+        tmp.write_text(self.config.to_json_best_effort(indent=2))
+        tmp.replace(self.workdir / "config.json")
 
     def _prompt_batches(self) -> BalancedPrompts:
         """The training prompts: the bundled split through its tfds dataset (prepared by
         setup), or a user's ``data.train_file`` as JSONL; every prompt's token length is
-        checked against ``rollout.max_prompt_len`` here, before the first step."""
+        checked against ``rollout.max_prompt_len`` here, before the weights load."""
         c = self.config
         if c.data.train_file:
             origin = pathlib.Path(c.data.train_file)
@@ -180,15 +226,18 @@ class Trainer:
             origin = assets.assets_dir() / "data" / "train.jsonl"
             records = bundled_splits(origin.parent)["train"]
         if len(records) == 0:
-            raise config_lib.ConfigValueError(f"config.data.train_file: {origin} holds no prompts")
+            raise config_lib.ConfigValueError(f"config.data.train_file: {origin} holds no prompts"
+                                              f"; {config_lib.PROMPT_ROWS}")
         rows = [records[i] for i in range(len(records))]
         if c.data.restate_forms:
             records = rows = restate_forms(rows, c.data.restate_forms)
         # Under every system prompt the run samples with (the warm start's scaffold too).
         systems = {c.system_prompt} | ({c.rft.system_prompt or c.system_prompt}
                                        if c.rft.rounds else set())
-        lengths = np.max([[len(ids) for ids in self.sampler.encode(
-            [self._prompt_text(r, system) for r in rows])] for system in systems], axis=0)
+        # What the sampler encodes (the chat template holds any BOS: no special tokens)
+        lengths = np.max([[len(ids) for ids in self.tokenizer(
+            [self._prompt_text(r, system) for r in rows], add_special_tokens=False)["input_ids"]]
+            for system in systems], axis=0)
         keep = fit_prompt_budget(rows, lengths, c.rollout.max_prompt_len, origin=origin,
                                  field="config.rollout.max_prompt_len", lenient=c.data.lenient)
         round_size = (math.ceil(c.rollout.oversample * c.train.prompts_per_step)
@@ -302,6 +351,10 @@ class Trainer:
         encode = lambda records: self.sampler.encode([self._prompt_text(r) for r in records])
         encode_completion = lambda text: self.tokenizer(text, add_special_tokens=False)[
             "input_ids"]
+
+        def next_batch():  # a stop signal ends the warm start here, with nothing saved
+            self._stop_requested("during the RFT warm start")
+            return self.prompts.next()
         if c.rft.targets_file:
             logging.info("RFT warm start: the kept samples of %s", c.rft.targets_file)
             collected = rft.load(
@@ -310,12 +363,12 @@ class Trainer:
                 encode_completion=encode_completion, refusal=safety_config(c.reward).refusal)
         elif c.rft.targets_from == "labels":
             logging.info("RFT warm start: targets from the labels of %d batches", c.rft.rounds)
-            collected = rft.collect_labelled(c, self.prompts.next, answer=self._plain_answers,
+            collected = rft.collect_labelled(c, next_batch, answer=self._plain_answers,
                                              encode_prompts=encode,
                                              encode_completion=encode_completion)
         else:
             logging.info("RFT warm start: sampling %d batches under the scaffold", c.rft.rounds)
-            collected = rft.collect(c, self.prompts.next, sample=self._rollouts, encode=encode)
+            collected = rft.collect(c, next_batch, sample=self._rollouts, encode=encode)
         t1 = time.perf_counter()
         tx, _ = make_optimizer(learning_rate=c.rft.learning_rate, total_steps=1, warmup_steps=0,
                                schedule="constant", weight_decay=0.0, b1=c.optim.b1,
@@ -327,6 +380,7 @@ class Trainer:
             settings=rft.loss_settings(loss_settings(c)))
 
         def step(state, b):
+            self._stop_requested("during the RFT warm start")
             zeros = np.zeros(b["completion_ids"].shape, np.float32)
             batch = self._device_batch(b["prompt_ids"], b["prompt_mask"], b["completion_ids"],
                                        b["completion_mask"], zeros, zeros[:, 0])
@@ -536,35 +590,52 @@ class Trainer:
                        tokenizer_dir=self.hf_dir)
             if self.ref_params is not None:
                 self.ref_params = jax.tree.map(jnp.copy, self.params)
-        elif self.ref_params is not None:
-            if not path.exists():
-                raise CheckpointError(f"{path}: the warm-started policy, the KL reference of "
-                                      "this run (config.rft), is missing")
+        elif self.ref_params is not None:  # the KL reference: verified as checkpoints are
+            verify_checkpoint(path, "the warm-started policy (the run's KL reference)")
             model = load_model(path, dtype=c.model.dtype, param_dtype=c.model.param_dtype,
                                mesh=self.mesh, expect_config=self.model_config)
             self.ref_params = nnx.split(model, nnx.Param, ...)[1]
 
-    def run(self) -> pathlib.Path:
+    def _stop_requested(self, where: str) -> None:
+        """Raise :class:`Preempted` if a stop signal came, naming what was cut short."""
+        if self._stop_signal is not None:
+            raise Preempted(f"preempted {where}: nothing was saved (it is redone alike on "
+                            "resume); re-run the same command to resume")
+
+    def _start(self) -> None:
+        """Resume from the newest verified checkpoint, or run the warm start and save it as
+        step 0, written and sealed before anything says it is saved. A stop signal during the
+        warm start ends it at its next batch with nothing saved."""
         c = self.config
         warm_start = bool(c.rft.rounds or c.rft.targets_file)
+        self._stop_requested("while loading")
         if self.restore_latest():
             if warm_start:
                 self._warm_started_reference(fresh=False)
         elif warm_start:
             metrics = self.warm_start()
-            if self._stop_signal is None:  # a warm start cut short is redone on resume
-                self._warm_started_reference(fresh=True)
-                self.save(force=True)  # step 0: the warm-started policy
-                logging.info("RFT warm start: %d targets from %d samples, NLL %s; saved as step 0",
-                             metrics["rft/targets"], metrics["rft/sampled"],
-                             " -> ".join(f"{metrics[f'rft/nll_epoch{i + 1}']:.3f}"
-                                         for i in range(c.rft.epochs)))
-        if self._stop_signal is not None:  # preempted while starting: nothing new to save
-            raise Preempted()
-        writer = (MetricsWriter(self.workdir, total_steps=c.train.steps, initial_step=self.step)
-                  if jax.process_index() == 0 else None)
+            self._warm_started_reference(fresh=True)
+            self.save(force=True)  # step 0: the warm-started policy
+            self.checkpoints.seal()
+            logging.info("RFT warm start: %d targets from %d samples, NLL %s; saved as step 0",
+                         metrics["rft/targets"], metrics["rft/sampled"],
+                         " -> ".join(f"{metrics[f'rft/nll_epoch{i + 1}']:.3f}"
+                                     for i in range(c.rft.epochs)))
+        if self._stop_signal is not None:
+            newest = self.checkpoints.step_dir(self.step)
+            raise Preempted("preempted while starting: " + (
+                f"the newest checkpoint, {newest}, is saved" if newest.is_dir()
+                else "nothing was saved") + "; re-run the same command to resume")
+
+    def run(self) -> pathlib.Path:
+        c = self.config
+        writer = None
         silent = 0  # consecutive steps whose groups all had one reward each
         try:
+            self._start()
+            writer = (MetricsWriter(self.workdir, total_steps=c.train.steps,
+                                    initial_step=self.step)
+                      if jax.process_index() == 0 else None)
             while self.step < c.train.steps:
                 metrics = self.train_one_step()
                 silent = silent + 1 if metrics.get("reward/groups_with_signal", 1) == 0 else 0
@@ -576,7 +647,7 @@ class Trainer:
                         "rollout.response_prefix or system_prompt so the format is written; a "
                         "higher rollout.temperature or rollout.num_samples) or drop such groups "
                         "(rollout.dynamic_sampling=True)", NO_SIGNAL_STEPS)
-                self.checkpoints.check_async_save(self.step)
+                self.checkpoints.seal_finished(self.step)
                 preempted = (self._stop_signal is not None
                              or self.checkpoints.reached_preemption(self.step))
                 t0 = time.perf_counter()
@@ -587,7 +658,9 @@ class Trainer:
                 if writer is not None:
                     writer.write(self.step, metrics)
                 if preempted:
-                    raise Preempted()
+                    self.checkpoints.seal()
+                    raise Preempted(f"preempted: checkpoint {self.checkpoints.step_dir(self.step)}"
+                                    " saved; re-run the same command to resume")
         finally:
             try:
                 self.checkpoints.seal()
@@ -672,10 +745,19 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (auto on Cloud 
 flags.DEFINE_integer("process_id", None, "This process's index (auto on Cloud TPU).")
 
 
+# Errors of what the user gave (the command line, the config, its files, the workdir's run),
+# found while the Trainer is made: before a weight loads or the workdir is written.
+INPUT_ERRORS = (config_lib.ConfigValueError, ConfigError, CheckpointError, DataError,
+                PromptTooLong, FileNotFoundError)
+
+
 def main(argv: list[str]) -> None:
     del argv
-    if FLAGS.workdir is None:
-        raise app.UsageError("--workdir is required")
+    if not FLAGS.workdir or FLAGS.workdir.startswith("-"):
+        config_lib.usage_error(
+            f"train: --workdir: {'missing' if not FLAGS.workdir else repr(FLAGS.workdir)}"
+            f"{'' if not FLAGS.workdir else ' is a flag, not a directory'}; the run "
+            "directory, e.g. --workdir=runs/smollm2")
     if not FLAGS["verbosity"].present:  # status at INFO; orbax's per-file INFO lines hidden
         logging.set_verbosity(logging.INFO)
         logging.get_absl_handler().addFilter(_not_library_info)
@@ -683,7 +765,7 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id)
     try:
-        workdir = Trainer(CONFIG_FLAG.value, FLAGS.workdir).run()
+        workdir = _train(CONFIG_FLAG.value, FLAGS.workdir)
         artefacts = finish(CONFIG_FLAG.value, workdir)
         if jax.process_index() == 0:
             width = max(map(len, artefacts))
@@ -691,15 +773,33 @@ def main(argv: list[str]) -> None:
             if "smoke" in _config_options(sys.argv):
                 print("smoke run done: every phase ran (plumbing), which says nothing about "
                       "learning; the main command is the config without :smoke")
-    except Preempted:
-        logging.warning("preempted: checkpoint saved in %s; re-run the same command to resume",
-                        FLAGS.workdir)
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        sys.exit(f"train: {FLAGS.workdir}: the disk is full ({e}); free space, then re-run the "
+                 "same command to resume from the last good checkpoint")
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Path:
+    """Make the Trainer (every input checked) and run it; each way it can end but the last
+    step is one line."""
+    try:
+        trainer = Trainer(config, workdir)
+    except RunDirLocked as e:
+        sys.exit(f"train: {e}")
+    except DataError as e:
+        config_lib.usage_error(f"train: {e}; {config_lib.PROMPT_ROWS}")
+    except INPUT_ERRORS as e:
+        config_lib.usage_error(f"train: {e}")
+    try:
+        return trainer.run()
+    except Preempted as e:
+        logging.warning("%s (%s)", e, workdir)
         sys.exit(0)
-    except config_lib.ConfigValueError as e:
-        _usage_error(f"train: {e}")
-    except (CheckpointError, CheckpointWriteError, NonFiniteError,
-            RunDirLocked, DataError, PromptTooLong, FileNotFoundError) as e:
-        sys.exit(f"train: {e}")  # a user-facing condition: one line, no traceback
+    except (config_lib.ConfigValueError, DataError, PromptTooLong) as e:
+        config_lib.usage_error(f"train: {e}")  # found only now (the warm start's targets)
+    except (CheckpointError, CheckpointWriteError, NonFiniteError, FileNotFoundError) as e:
+        sys.exit(f"train: {e}")  # a condition of the run: one line, no traceback
 
 
 def _not_library_info(record) -> bool:
@@ -756,39 +856,95 @@ def _help(argv: Sequence[str]) -> NoReturn:
     sys.exit(0)
 
 
-def _usage_error(message: str) -> NoReturn:
-    """A bad command line or config value: one line, exit status 2 (as argparse), before
-    anything is written to the workdir."""
-    print(message, file=sys.stderr)
-    sys.exit(2)
+def _flag_error(program: str, error: flags.Error) -> str:
+    """absl's message of a bad flag as ``<flag or field>: <what is wrong>; <what is allowed>``."""
+    import re
+
+    text = str(error)
+    if isinstance(error, flags.UnrecognizedFlagError):
+        name = error.flagname
+        if name.startswith("config."):
+            return (f"{name}: not a field of the config; the fields are in the config file's "
+                    "get_config() and alphaalign_jax/config.py")
+        return (f"--{name}: unknown flag; the flags are --config=FILE[:OPTIONS], "
+                f"--config.<field>=VALUE, {', '.join(PROGRAM_FLAGS[program])} (--helpfull "
+                "lists them all)")
+    if text.startswith("Missing value for flag "):
+        return f"{text.rsplit(' ', 1)[-1]}: missing value; --flag=VALUE"
+    found = re.match(r"flag --([\w.]+)=(.*?): (.*)", text, flags=re.DOTALL)
+    if not found:
+        return text.splitlines()[-1]
+    name, value, reason = found.groups()
+    name = name if name.startswith("config.") else f"--{name}"
+    lines = [line for line in reason.splitlines() if line.strip()]
+    if "must have a value other than None" in reason:
+        return f"{name}: missing; required" + (", e.g. --config=configs/smollm2_135m_cpu.py"
+                                               if name == "--config" else "")
+    if "Error whilst parsing config file" in reason:  # the config file's own error: its last line
+        message = lines[-1].split(": ", 1)[-1]
+        return message.replace("--config=FILE:", f"--config={value.split(':', 1)[0]}:")
+    for says, wants in (("invalid literal for int()", "an int"),
+                        ("could not convert string to float", "a number"),
+                        ("Non-boolean argument", "True or False"),
+                        ("as a ConfigDict", "a value")):
+        if says in reason:
+            return (f"{name}: a section, not a value; set its fields, --{name}.<field>=VALUE"
+                    if wants == "a value" else f"{name}: {value!r} is not {wants}; {wants}")
+    return f"{name}: {lines[-1] if lines else reason}"
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with an override of a field the config lacks (``--config.optim.lr``)
-    reported in one line instead of ml_collections' traceback, and the algorithm chosen where
-    its settings can apply before the overrides (``--config=FILE:ppo``)."""
-    if {"--help", "-h", "--helpfull", "-help"} & set(argv[1:]):
+PROGRAM_FLAGS = {"train": ("--workdir", "--distributed", "--coordinator_address",
+                           "--num_processes", "--process_id"),
+                 "aot": ("--topology", "--search", "--json")}
+
+
+def parse_flags(argv: list[str], program: str = "train") -> list[str]:
+    """absl's parser with every error one line, ``PROGRAM: <flag or field>: <what is wrong>;
+    <what is allowed>``, exit status 2 (absl's own is a usage dump or a traceback): a config
+    file that is not there or does not load, an unknown flag, config option or field, a value
+    of the wrong type. And the algorithm chosen where its settings can apply before the
+    overrides (``--config=FILE:ppo``)."""
+    if program == "train" and {"--help", "-h", "--helpfull", "-help"} & set(argv[1:]):
         _help(argv)
     named = [a for a in argv if a.startswith("--config.algo.name")]
     if named:
-        _usage_error(f"train: {named[0]}: choose the algorithm with --config=FILE:NAME (one of "
-                 f"{', '.join(algorithms.ALGORITHMS)}), so the settings it fixes apply before "
-                 "your --config.* overrides")
+        config_lib.usage_error(
+            f"{program}: config.algo.name: set on its own; choose the algorithm with "
+            f"--config=FILE:NAME (one of {', '.join(algorithms.ALGORITHMS)}), so the settings "
+            "it fixes apply before your --config.* overrides")
+    given = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+    if given is None and any(a.startswith("--config.") for a in argv):
+        config_lib.usage_error(f"{program}: --config: missing; required before --config.* "
+                               "overrides, e.g. --config=configs/smollm2_135m_cpu.py")
+    if given is not None and not pathlib.Path(given.split(":", 1)[0]).is_file():
+        configs = pathlib.Path(__file__).resolve().parent.parent / "configs"
+        known = sorted(f"configs/{p.name}" for p in configs.glob("*.py")
+                       if not p.name.startswith("_"))
+        config_lib.usage_error(f"{program}: --config={given}: no such config file; one of "
+                               f"{', '.join(known)}, or the path of a file with get_config()")
     try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:  # a value of the wrong type (--config.data.seed=abc), or the
-        # config file's own error, which ml_collections wraps with its traceback: its last line
-        lines = [line for line in str(e).splitlines() if line.strip()]
-        _usage_error(f"train: {lines[-1].split(': ', 1)[-1] if len(lines) > 1 else lines[0]}")
-    except (AttributeError, KeyError) as e:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        config_lib.usage_error(f"{program}: {_flag_error(program, e)}")
+    except (AttributeError, KeyError) as e:  # ml_collections' error for a field it lacks
         name = str(e).strip("\"' ")
-        given = [a.split("=")[0][2:] for a in argv
-                 if a.startswith("--config.") and a.split("=")[0].rsplit(".", 1)[-1] == name]
-        _usage_error(f"train: {given[0] if given else name!r} is not a field of the config; "
-                     "see the config file's get_config() and alphaalign_jax/config.py for the "
-                     "fields")
+        field = [a.split("=")[0][2:] for a in argv
+                 if a.startswith("--config.") and name in a.split("=")[0].split(".")]
+        config_lib.usage_error(f"{program}: {field[0] if field else name}: not a field of the "
+                               "config; the fields are in the config file's get_config() and "
+                               "alphaalign_jax/config.py")
+    config = CONFIG_FLAG.value
+    if config is not None and not isinstance(config, ml_collections.ConfigDict):
+        try:  # ml_collections keeps a file's load error until the config is read
+            getattr(config, "model")
+        except Exception as e:  # noqa: BLE001 (whatever the file raised)
+            lines = [line for line in str(e).splitlines() if line.strip()]
+            config_lib.usage_error(f"{program}: --config={given}: cannot be loaded "
+                                   f"({lines[-1].strip() if lines else e!r}); a Python file "
+                                   "whose get_config() returns the config")
+    return rest
 
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("config")
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=parse_flags)

@@ -86,8 +86,10 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tiny, tmp_path, un
     params.write_bytes(bytes(data))
     resumed = train_lib.Trainer(tiny_config(tiny, 6), tmp_path)
     assert resumed.restore_latest() and resumed.step == 2
-    aside = list((tmp_path / "checkpoints_set_aside").iterdir())
+    aside = [p for p in (tmp_path / "checkpoints_set_aside").iterdir() if p.is_dir()]
     assert [p.name.split("-")[0] for p in aside] == ["4"] and (aside[0] / "params").exists()
+    note = json.loads((aside[0].parent / f"{aside[0].name}.json").read_text())
+    assert note["step"] == 4 and "content (sha256) differs" in note["reason"]
     assert "content (sha256) differs" in caplog.text and "previous good checkpoint" in caplog.text
     resumed.lock.release()
     # the same again without a manifest: the torn file fails to restore and is set aside too
@@ -177,9 +179,9 @@ def test_misspelt_override_is_one_line(tmp_path):
     out = run_cli("--config=configs/smollm2_135m_cpu.py", f"--workdir={tmp_path}",
                   "--config.optim.lr=1")
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr.strip() == ("train: 'config.optim.lr' is not a field of the config; see "
-                                  "the config file's get_config() and alphaalign_jax/config.py "
-                                  "for the fields")
+    assert out.stderr.strip() == ("train: config.optim.lr: not a field of the config; the "
+                                  "fields are in the config file's get_config() and "
+                                  "alphaalign_jax/config.py")
 
 
 @pytest.mark.assets
@@ -238,7 +240,7 @@ def test_user_errors_name_the_file_or_directory(tiny, tmp_path):
     empty.write_text("\n")
     c = tiny_config(tiny, 2)
     c.data.train_file = str(empty)
-    with pytest.raises(config_lib.ConfigValueError, match=rf"{empty} holds no prompts"):
+    with pytest.raises(config_lib.ConfigValueError, match=rf"{empty} holds no rows"):
         train_lib.Trainer(c, tmp_path / "a")
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -247,14 +249,19 @@ def test_user_errors_name_the_file_or_directory(tiny, tmp_path):
         train_lib.Trainer(tiny_config(tiny, 2, policy=bare), tmp_path / "b")
 
 
-def test_evaluate_user_errors_are_one_line(tmp_path):
+def test_evaluate_user_errors_are_one_line(tmp_path, capsys, smollm2_dir):
     from alphaalign_jax import evaluate
 
-    with pytest.raises(SystemExit, match="evaluate: /nonexistent: no such file or directory"):
+    with pytest.raises(SystemExit) as exit_:
         evaluate.main(["--model", "/nonexistent", "--out", str(tmp_path / "a"), "--judge", "none"])
+    assert exit_.value.code == 2 and not (tmp_path / "a").exists()
+    assert capsys.readouterr().err == ("evaluate: --model=/nonexistent: no such file or "
+                                       "directory; a Hugging Face model directory or an orbax "
+                                       "checkpoint\n")
     held = RunDirLock(tmp_path / "b", "evaluation").acquire()
     with pytest.raises(SystemExit, match=r"evaluate: .* is in use by evaluation pid"):
-        evaluate.main(["--model", "/nonexistent", "--out", str(tmp_path / "b"), "--judge", "none"])
+        evaluate.main(["--model", str(smollm2_dir), "--out", str(tmp_path / "b"), "--judge",
+                       "none", "--max-per-set", "1", "--max-benign", "1", "--probe", ""])
     held.release()
 
 
