@@ -93,19 +93,27 @@ _GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: 
             256: "4x8x8", 512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
 
 
+def tpu_slice(topology: str) -> tuple[Chip, str]:
+    """The chip and device grid of a slice name, or a ValueError naming what is allowed."""
+    match = re.fullmatch(r"(v4|v5e|v5p|v6e)-(\d+)", topology or "")
+    if not match:
+        raise ValueError(f"--topology={topology}: not a slice name; v4-N, v5e-N, v5p-N or "
+                         "v6e-N, e.g. v5e-16")
+    chip = CHIPS[match.group(1)]
+    grids = _GRID_3D if chip.cores_per_chip == 2 else _GRID_2D
+    grid = grids.get(int(match.group(2)) // chip.cores_per_chip)
+    if grid is None or int(match.group(2)) % chip.cores_per_chip:
+        sizes = ", ".join(f"{match.group(1)}-{n * chip.cores_per_chip}" for n in grids)
+        raise ValueError(f"--topology={topology}: no such {chip.name} slice; one of {sizes}")
+    return chip, grid
+
+
 def tpu_devices(topology: str) -> tuple[Chip, list[jax.Device]]:
     """The chip and devices of a slice named like ``v5e-16`` or ``v4-32`` (Cloud names:
     v4-N and v5p-N count TensorCores, two a chip; v5e-N and v6e-N count chips)."""
     from jax.experimental import topologies
 
-    match = re.fullmatch(r"(v4|v5e|v5p|v6e)-(\d+)", topology)
-    if not match:
-        raise ValueError(f"--topology={topology}: expected v4-N, v5e-N, v5p-N or v6e-N")
-    chip = CHIPS[match.group(1)]
-    chips = int(match.group(2)) // chip.cores_per_chip
-    grid = (_GRID_3D if chip.cores_per_chip == 2 else _GRID_2D).get(chips)
-    if grid is None:
-        raise ValueError(f"--topology={topology}: no {chip.name} slice of {chips} chips")
+    chip, grid = tpu_slice(topology)
     if not os.environ.get("TPU_LIBRARY_PATH") and not _has_libtpu_package():
         raise FileNotFoundError("no libtpu: run `python tools/fetch_assets.py --only libtpu` "
                                 "(or set TPU_LIBRARY_PATH)")
@@ -569,9 +577,26 @@ flags.DEFINE_bool("search", False, "Try every mesh shape and micro-batch size; r
 flags.DEFINE_string("json", None, "Write the plan (or the search results) here as JSON.")
 
 
+def check_inputs(c: ml_collections.ConfigDict) -> None:
+    """What can be checked before compiling (minutes) or writing ``--json``: the slice's
+    name, the config's values, the architectures it names and the policy's context."""
+    tpu_slice(flags.FLAGS.topology)
+    config_lib.validate(c)
+    policy, _ = _architectures(c)
+    config_lib.check_context(c, policy.max_position_embeddings,
+                             f"config.model.hf_dir={c.model.hf_dir or 'the bundled SmolLM2'}")
+    if flags.FLAGS.json and not pathlib.Path(flags.FLAGS.json).absolute().parent.is_dir():
+        raise ValueError(f"--json={flags.FLAGS.json}: no such directory to write it in; a path "
+                         "in an existing directory")
+
+
 def main(argv: list[str]) -> None:
     del argv
     c = train_lib.CONFIG_FLAG.value
+    try:
+        check_inputs(c)
+    except (ValueError, FileNotFoundError) as e:  # ConfigValueError and ConfigError too
+        config_lib.usage_error(f"aot: {e}")
     try:
         if flags.FLAGS.search:
             results = search(c, flags.FLAGS.topology)
@@ -597,4 +622,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "topology"])
-    app.run(main)
+    app.run(main, flags_parser=functools.partial(train_lib.parse_flags, program="aot"))

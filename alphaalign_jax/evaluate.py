@@ -65,6 +65,7 @@ import numpy as np
 from tqdm import tqdm
 
 from alphaalign_jax import assets, checkpoint
+from alphaalign_jax import config as config_lib
 from alphaalign_jax.data.budget import PromptTooLong, fit_prompt_budget
 from alphaalign_jax.data.pipeline import EVERYDAY_BENIGN_FILE, bundled_splits
 from alphaalign_jax.data.records import DataError, PromptRecord, load_jsonl
@@ -89,7 +90,12 @@ from alphaalign_jax.rewards import (
 from alphaalign_jax.rewards import is_refusal as refusal_of
 from alphaalign_jax.rewards.reward_fn import safety_config
 from alphaalign_jax.rewards.reward_models import LMJudgeRM, RewardModel, make_reward_model
-from alphaalign_jax.rewards.safety_judge import UNSAFE_ABOVE, LlamaGuardJudge, SafetyJudgeError
+from alphaalign_jax.rewards.safety_judge import (
+    UNSAFE_ABOVE,
+    LlamaGuardJudge,
+    SafetyJudgeError,
+    check_judge_dir,
+)
 from alphaalign_jax.rundir import RunDirLock, RunDirLocked
 from alphaalign_jax.sampling import Sampler
 
@@ -181,6 +187,61 @@ def load_policy(path: pathlib.Path, mesh=None):
     return checkpoint.load_model(path, mesh=mesh), tokenizer_dir
 
 
+def policy_tokenizer(model_path: pathlib.Path, stored: pathlib.Path | None,
+                     tokenizer_dir: pathlib.Path | None):
+    """The tokenizer a policy is evaluated with: ``--tokenizer-dir``, else the one its
+    directory holds or its checkpoint names."""
+    if tokenizer_dir is not None:
+        return load_tokenizer(tokenizer_dir, "--tokenizer-dir")
+    if stored is None:
+        raise CheckpointError(f"--model {model_path}: the checkpoint names no tokenizer; "
+                              "give one with --tokenizer-dir")
+    return load_tokenizer(stored, f"tokenizer named by the checkpoint {model_path}")
+
+
+def check_policy(path: pathlib.Path, flag: str, tokenizer_dir: pathlib.Path | None):
+    """A policy to evaluate, checked before any weight loads or anything is written: an HF
+    directory (its config.json), or an orbax checkpoint verified whole (not set aside, sealed,
+    every file as its manifest says). Its architecture and tokenizer."""
+    if not path.exists():
+        raise UsageError(f"{flag}={path}: no such file or directory; a Hugging Face model "
+                         "directory or an orbax checkpoint")
+    if (path / "config.json").exists():
+        try:
+            config = ModelConfig.from_pretrained(path)
+        except ValueError as e:
+            raise UsageError(f"{flag}={path}: {e}") from None
+        return config, policy_tokenizer(path, path, tokenizer_dir)
+    checkpoint.verify_checkpoint(path, flag)
+    config, stored = checkpoint.read_model_config(path)
+    return config, policy_tokenizer(path, stored, tokenizer_dir)
+
+
+def prompt_text(tokenizer, settings: GenerationSettings, record: PromptRecord,
+                prefix: str | None = None) -> str:
+    """The chat prompt, then ``prefix`` (default: the run's response prefix)."""
+    return policy_prompt(record.prompt, tokenizer, settings.template, settings.system_prompt,
+                         settings.response_prefix if prefix is None else prefix)
+
+
+def check_prompt_lengths(tokenizer, settings: GenerationSettings, context: int,
+                         records: Sequence[PromptRecord], origin: pathlib.Path,
+                         attack_tokens: int = 0) -> None:
+    """Every prompt (with the longest attack text) within ``--max-prompt-len`` and, with the
+    answer, within the model's ``context``; fails before anything is generated, naming the
+    file:line of each prompt over."""
+    if not records:  # a set turned off (--probe ''): the tokenizer fails on no texts
+        return
+    limit = context - settings.max_new_tokens - attack_tokens
+    field = "the model's context minus --max-new-tokens and the attack text"
+    if 0 < settings.max_prompt_len < limit:
+        limit, field = settings.max_prompt_len, "--max-prompt-len"
+    texts = [prompt_text(tokenizer, settings, r) for r in records]
+    # as the sampler encodes: the chat template holds any BOS text
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    fit_prompt_budget(records, lengths, limit, origin=origin, field=field)
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerationSettings:
     """Everything that decides a completion, besides the model: part of the cache identity."""
@@ -246,12 +307,7 @@ class Evaluator:
         ``*_reward`` refusal rates; None: not reported."""
         self.reward_reading = reward_reading
         self.model, stored_tokenizer_dir = load_policy(model_path)
-        if tokenizer_dir is None and stored_tokenizer_dir is None:
-            raise CheckpointError(f"--model {model_path}: the checkpoint names no tokenizer; "
-                                  "give one with --tokenizer-dir")
-        self.tokenizer = (load_tokenizer(tokenizer_dir, "--tokenizer-dir") if tokenizer_dir
-                          else load_tokenizer(stored_tokenizer_dir,
-                                              f"tokenizer named by the checkpoint {model_path}"))
+        self.tokenizer = policy_tokenizer(model_path, stored_tokenizer_dir, tokenizer_dir)
         self.settings = settings
         self.out = out
         self.sampler = Sampler(self.model, self.tokenizer)
@@ -286,24 +342,13 @@ class Evaluator:
 
     def prompt_text(self, record: PromptRecord, prefix: str | None = None) -> str:
         """The chat prompt, then ``prefix`` (default: the run's response prefix)."""
-        st = self.settings
-        return policy_prompt(record.prompt, self.tokenizer, st.template, st.system_prompt,
-                             st.response_prefix if prefix is None else prefix)
+        return prompt_text(self.tokenizer, self.settings, record, prefix)
 
     def check_prompt_lengths(self, records: Sequence[PromptRecord], origin: pathlib.Path,
                              attack_tokens: int = 0) -> None:
-        """Every prompt (with the longest attack text) within ``--max-prompt-len`` and, with
-        the answer, within the model's context; fails before any generation, naming the
-        file:line of each prompt over."""
-        if not records:  # a set turned off (--probe ''): the tokenizer fails on no texts
-            return
-        st = self.settings
-        limit = self.sampler.max_len - st.max_new_tokens - attack_tokens
-        field = "the model's context minus --max-new-tokens and the attack text"
-        if 0 < st.max_prompt_len < limit:
-            limit, field = st.max_prompt_len, "--max-prompt-len"
-        lengths = [len(ids) for ids in self.sampler.encode([self.prompt_text(r) for r in records])]
-        fit_prompt_budget(records, lengths, limit, origin=origin, field=field)
+        """:func:`check_prompt_lengths` against this model's context."""
+        check_prompt_lengths(self.tokenizer, self.settings, self.sampler.max_len, records,
+                             origin, attack_tokens)
 
     def generate(self, task: str, records: Sequence[PromptRecord], *, samples: int = 1,
                  prefill_tokens: int = 0) -> list[dict]:
@@ -648,9 +693,8 @@ def main(argv: list[str] | None = None) -> dict:
     output directory) ends in one line naming it, not a traceback."""
     try:
         return _main(argv)
-    except (UsageError, SafetyJudgeError) as e:
-        print(f"evaluate: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except UsageError as e:
+        config_lib.usage_error(f"evaluate: {e}")
     except (CheckpointError, PromptTooLong, RunDirLocked, FileNotFoundError, DataError) as e:
         raise SystemExit(f"evaluate: {e}") from None
 
@@ -661,19 +705,7 @@ def load_judges(judge: str, judge_dir: pathlib.Path | None,
     """The safety judge, the helpfulness judge and who that one is (for results.md), each
     loaded once for the model and the baseline. A bad judge is a :class:`UsageError` or
     :class:`SafetyJudgeError`, raised before anything is generated or written."""
-    names = {name.strip() for name in judge.split(",") if name.strip()} - {"none"}
-    if names - set(JUDGES):
-        raise UsageError(f"--judge {judge}: unknown judge {sorted(names - set(JUDGES))}; "
-                         f"choose from {', '.join(JUDGES)}, none (comma-separated)")
-    if ("llama_guard" in names) != (judge_dir is not None):
-        raise UsageError("--judge llama_guard needs --judge-dir DIR (a Llama Guard 3 directory)"
-                         if judge_dir is None else
-                         "--judge-dir is the llama_guard judge's: add llama_guard to --judge")
-    if helpfulness_dir is not None and "lm_judge" not in names:
-        raise UsageError("--helpfulness-judge is the lm_judge's: add lm_judge to --judge")
-    if helpfulness_dir is not None and not (helpfulness_dir / "config.json").is_file():
-        raise UsageError(f"--helpfulness-judge={helpfulness_dir}: no config.json (not a "
-                         "Hugging Face model directory)")
+    names = check_judges(judge, judge_dir, helpfulness_dir)
     safety = (LlamaGuardJudge(judge_dir, field="--judge-dir")
               if judge_dir is not None else None)
     if "lm_judge" not in names:
@@ -693,9 +725,31 @@ def load_judges(judge: str, judge_dir: pathlib.Path | None,
         "), apart from the policy.")
 
 
+def check_judges(judge: str, judge_dir: pathlib.Path | None,
+                 helpfulness_dir: pathlib.Path | None) -> set[str]:
+    """The judges asked for, their directories checked without reading a weight (a
+    :class:`UsageError` or :class:`SafetyJudgeError`)."""
+    names = {name.strip() for name in judge.split(",") if name.strip()} - {"none"}
+    if names - set(JUDGES):
+        raise UsageError(f"--judge {judge}: unknown judge {sorted(names - set(JUDGES))}; "
+                         f"choose from {', '.join(JUDGES)}, none (comma-separated)")
+    if ("llama_guard" in names) != (judge_dir is not None):
+        raise UsageError("--judge llama_guard needs --judge-dir DIR (a Llama Guard 3 directory)"
+                         if judge_dir is None else
+                         "--judge-dir is the llama_guard judge's: add llama_guard to --judge")
+    if helpfulness_dir is not None and "lm_judge" not in names:
+        raise UsageError("--helpfulness-judge is the lm_judge's: add lm_judge to --judge")
+    if helpfulness_dir is not None and not (helpfulness_dir / "config.json").is_file():
+        raise UsageError(f"--helpfulness-judge={helpfulness_dir}: no config.json (not a "
+                         "Hugging Face model directory)")
+    if judge_dir is not None:
+        check_judge_dir(judge_dir, "--judge-dir")
+    return names
+
+
 def _main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config_lib.OneLineParser(prog="evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=pathlib.Path, required=True)
     p.add_argument("--baseline", type=pathlib.Path, default=None)
     p.add_argument("--out", type=pathlib.Path, required=True)
@@ -704,24 +758,24 @@ def _main(argv: list[str] | None = None) -> dict:
                         "strings, refusal phrases, token budget (at least 256) and the "
                         "reward's reading of refusal from its config.json")
     p.add_argument("--data-dir", type=pathlib.Path, default=None)
-    p.add_argument("--max-per-set", type=int, default=0,
+    p.add_argument("--max-per-set", type=config_lib.number(int, 0), default=0,
                    help="prompts per harmful source; 0 = every prompt")
-    p.add_argument("--max-benign", type=int, default=0, help="benign prompts; 0 = every prompt")
+    p.add_argument("--max-benign", type=config_lib.number(int, 0), default=0, help="benign prompts; 0 = every prompt")
     p.add_argument("--probe", type=pathlib.Path, default=EVERYDAY_BENIGN_FILE,
                    help="JSONL of benign prompts reported on their own (.../probe); default: "
                         "the bundled everyday requests unlike the training prompts; '' = off")
     p.add_argument("--sources", default="",
                    help="comma-separated harmful sources to keep (default: all)")
-    p.add_argument("--max-new-tokens", type=int, default=None,
+    p.add_argument("--max-new-tokens", type=config_lib.number(int, 1), default=None,
                    help=f"default: the run's rollout.max_new_tokens or {EVAL_NEW_TOKENS}, "
                         "whichever is larger")
-    p.add_argument("--max-prompt-len", type=int, default=None,
+    p.add_argument("--max-prompt-len", type=config_lib.number(int, 1), default=None,
                    help="longest prompt in tokens (default: the model's context minus the answer)")
     p.add_argument("--tokenizer-dir", type=pathlib.Path, default=None,
                    help="tokenizer to use instead of the one the checkpoint names")
-    p.add_argument("--num-samples", type=int, default=None,
+    p.add_argument("--num-samples", type=config_lib.number(int, 1), default=None,
                    help="samples a prompt for pass@k (default 4; 1 = off)")
-    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--temperature", type=config_lib.number(float, above=0), default=None)
     p.add_argument("--prefill", default=",".join(map(str, PREFILL_TOKENS)),
                    help="prefilling-attack lengths in tokens ('' = off)")
     p.add_argument("--judge", default="lm_judge",
@@ -733,47 +787,27 @@ def _main(argv: list[str] | None = None) -> dict:
     p.add_argument("--helpfulness-judge", type=pathlib.Path, default=None,
                    help="Hugging Face reward model (sequence classifier) or causal LM that "
                         "judges helpfulness for lm_judge; default: the bundled SmolLM2")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--batch", type=int, default=None,
+    p.add_argument("--seed", type=config_lib.number(int, 0), default=None)
+    p.add_argument("--batch", type=config_lib.number(int, 1), default=None,
                    help="prompts a generate call (default 16; part of the cache identity)")
     p.add_argument("--response-prefix", default=None,
                    help="forced start of every response, as in training (rollout.response_prefix)")
     p.add_argument("--system-prompt", default=None, help="as in training (config system_prompt)")
     args = p.parse_args(argv)
-    overrides = dict(max_new_tokens=args.max_new_tokens, max_prompt_len=args.max_prompt_len,
-                     num_samples=args.num_samples, temperature=args.temperature, seed=args.seed,
-                     response_prefix=args.response_prefix, system_prompt=args.system_prompt,
-                     batch=args.batch)
-    settings = (GenerationSettings.from_run(args.run, **overrides) if args.run else
-                GenerationSettings(**{k: v for k, v in overrides.items() if v is not None}))
-    reading = reward_reading(args.run) if args.run else None
+    try:  # every input, before a weight loads or --out is written
+        inputs = _check_inputs(args)
+    except (CheckpointError, DataError, PromptTooLong, FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    settings, reading, data_dir, harmful, benign, probe, prefill = inputs
     safety_judge, helpfulness_judge, helpfulness_by = load_judges(
         args.judge, args.judge_dir, args.helpfulness_judge)
     lock = RunDirLock(args.out, "evaluation").acquire()
-    data_dir = args.data_dir or assets.assets_dir() / "data"
-    splits = bundled_splits(data_dir)
-    harmful, benign = list(splits["eval_harmful"]), list(splits["eval_overrefusal"])
-    if args.sources:
-        keep = set(args.sources.split(","))
-        harmful = [r for r in harmful if r.source in keep]
-        if not harmful:
-            raise SystemExit(f"--sources {args.sources}: no such harmful source")
-    if args.max_per_set:
-        harmful = _per_source(harmful, args.max_per_set)
-    if args.max_benign:
-        benign = benign[:args.max_benign]
-    probe = load_jsonl(args.probe) if str(args.probe) not in ("", ".") else []
-    prefill = tuple(int(k) for k in args.prefill.split(",") if k.strip())
     results, sizes, agreements = {}, {}, {}
     for tag, path in (("model", args.model), ("baseline", args.baseline)):
         if path is None:
             continue
         evaluator = Evaluator(path, args.out / tag, settings, tokenizer_dir=args.tokenizer_dir,
                               reward_reading=reading)
-        attack = max(prefill, default=0)
-        evaluator.check_prompt_lengths(harmful, data_dir / "eval_harmful.jsonl", attack)
-        evaluator.check_prompt_lengths(benign, data_dir / "eval_overrefusal.jsonl")
-        evaluator.check_prompt_lengths(probe, args.probe)
         name = f"{tag} ({path.name})"
         results[name] = evaluator.run(harmful, benign, helpfulness_judge, prefill=prefill,
                                       probe=probe, safety_judge=safety_judge)
@@ -798,6 +832,72 @@ def _main(argv: list[str] | None = None) -> dict:
     print(table)
     lock.release()
     return results
+
+
+def _check_inputs(args: argparse.Namespace):
+    """What the command line names, checked and read without loading a weight or writing:
+    the run's settings, the judges' directories, the prompt sets, each policy (verified when
+    a checkpoint) and every prompt against its context. A bad one raises, naming its flag."""
+    overrides = dict(max_new_tokens=args.max_new_tokens, max_prompt_len=args.max_prompt_len,
+                     num_samples=args.num_samples, temperature=args.temperature, seed=args.seed,
+                     response_prefix=args.response_prefix, system_prompt=args.system_prompt,
+                     batch=args.batch)
+    if args.run is not None:
+        try:
+            settings = GenerationSettings.from_run(args.run, **overrides)
+            reading = reward_reading(args.run)
+        except (ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"--run={args.run}: its config.json is not a training config ({e})"
+                             "; a training workdir") from None
+    else:
+        settings = GenerationSettings(**{k: v for k, v in overrides.items() if v is not None})
+        reading = None
+    check_judges(args.judge, args.judge_dir, args.helpfulness_judge)
+    data_dir = args.data_dir or assets.assets_dir() / "data"
+    if not data_dir.is_dir():
+        raise UsageError(f"--data-dir={data_dir}: no such directory; the prompt splits' "
+                         "directory (assets/data, made by tools/setup.sh)")
+    splits = bundled_splits(data_dir)
+    harmful, benign = list(splits["eval_harmful"]), list(splits["eval_overrefusal"])
+    if args.sources:
+        known = sorted({r.source for r in harmful})
+        harmful = [r for r in harmful if r.source in set(args.sources.split(","))]
+        if not harmful:
+            raise UsageError(f"--sources={args.sources}: no such harmful source; one or more "
+                             f"of {', '.join(known)}, comma-separated")
+    if args.max_per_set:
+        harmful = _per_source(harmful, args.max_per_set)
+    if args.max_benign:
+        benign = benign[:args.max_benign]
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out={args.out}: a file, not a directory; the results' directory")
+    probe = []
+    if str(args.probe) not in ("", "."):
+        if not args.probe.is_file():
+            raise UsageError(f"--probe={args.probe}: no such file; a JSONL file of benign "
+                             "prompts, or '' for none")
+        probe = load_jsonl(args.probe)
+    try:
+        prefill = tuple(int(k) for k in args.prefill.split(",") if k.strip())
+    except ValueError:
+        prefill = (0,)
+    if any(k < 1 for k in prefill):
+        raise UsageError(f"--prefill={args.prefill}: not a list of token counts; "
+                         "comma-separated ints >= 1, or '' for none")
+    for flag, path in (("--model", args.model), ("--baseline", args.baseline)):
+        if path is None:
+            continue
+        config, tokenizer = check_policy(path, flag, args.tokenizer_dir)
+        context = config.max_position_embeddings
+        if settings.max_new_tokens >= context:
+            raise UsageError(f"--max-new-tokens: {settings.max_new_tokens} leaves no room for a "
+                             f"prompt in the context of {flag}={path}, {context} tokens; less "
+                             f"than {context}")
+        for records, origin, attack in (
+                (harmful, data_dir / "eval_harmful.jsonl", max(prefill, default=0)),
+                (benign, data_dir / "eval_overrefusal.jsonl", 0), (probe, args.probe, 0)):
+            check_prompt_lengths(tokenizer, settings, context, records, origin, attack)
+    return settings, reading, data_dir, harmful, benign, probe, prefill
 
 
 def _per_source(records: list[PromptRecord], limit: int) -> list[PromptRecord]:
