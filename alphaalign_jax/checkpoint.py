@@ -231,7 +231,7 @@ def disk_full(error: BaseException | None) -> bool:
     return False
 
 
-def _first_line(error: Exception, limit: int) -> str:
+def first_line(error: Exception, limit: int) -> str:
     """An exception as one short line (orbax and OS errors can run to hundreds)."""
     text = str(error).strip()
     return text.splitlines()[0][:limit] if text else repr(error)
@@ -342,8 +342,8 @@ class TrainCheckpoints:
     def _write_error(self, step: int, error: Exception) -> CheckpointWriteError:
         good = [s for s in saved_steps(self.directory)
                 if s != step and verify_manifest(self.step_dir(s)) == []]
-        cause = (f"the disk is full ({_first_line(error, 200)})" if disk_full(error)
-                 else _first_line(error, 300))
+        cause = (f"the disk is full ({first_line(error, 200)})" if disk_full(error)
+                 else first_line(error, 300))
         return CheckpointWriteError(
             f"could not write the checkpoint of step {step} to {self.directory}: {cause}. "
             "The last good checkpoint is "
@@ -445,7 +445,7 @@ class TrainCheckpoints:
             except Exception as e:  # noqa: BLE001 (orbax raises many kinds)
                 raise CheckpointError(
                     f"{self.step_dir(step)}: verified, but does not restore into this run's "
-                    f"state ({_first_line(e, 200)}); resume with the settings the run was made "
+                    f"state ({first_line(e, 200)}); resume with the settings the run was made "
                     "with (its config.json), or use another --workdir") from None
             if set_aside:
                 logging.warning("resumed from the previous good checkpoint %s (step %d) "

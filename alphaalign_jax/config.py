@@ -534,4 +534,4 @@ class OneLineParser(argparse.ArgumentParser):
             message = f"{name.split('/')[-1]}: {value} is not a valid {kind}; see --help"
         elif found := re.fullmatch(r"argument (\S+?): (.*)", message, flags=re.DOTALL):
             message = f"{found.group(1).split('/')[-1]}: {found.group(2)}"
-        usage_error(f"{self.prog}: {message}")
+        usage_error(f"{self.prog.split()[0]}: {message}")  # a subcommand's too: the program

@@ -760,7 +760,8 @@ def _main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data-dir", type=pathlib.Path, default=None)
     p.add_argument("--max-per-set", type=config_lib.number(int, 0), default=0,
                    help="prompts per harmful source; 0 = every prompt")
-    p.add_argument("--max-benign", type=config_lib.number(int, 0), default=0, help="benign prompts; 0 = every prompt")
+    p.add_argument("--max-benign", type=config_lib.number(int, 0), default=0,
+                   help="benign prompts; 0 = every prompt")
     p.add_argument("--probe", type=pathlib.Path, default=EVERYDAY_BENIGN_FILE,
                    help="JSONL of benign prompts reported on their own (.../probe); default: "
                         "the bundled everyday requests unlike the training prompts; '' = off")

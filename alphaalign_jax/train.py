@@ -45,7 +45,8 @@ from alphaalign_jax import assets
 from alphaalign_jax import config as config_lib
 from alphaalign_jax import sharding as shd
 from alphaalign_jax.checkpoint import (CheckpointWriteError, TrainCheckpoints, disk_full,
-                                       load_model, save_model, saved_steps, verify_checkpoint)
+                                       first_line, load_model, save_model, saved_steps,
+                                       verify_checkpoint)
 from alphaalign_jax.data.budget import PromptTooLong, fit_prompt_budget
 from alphaalign_jax.data.forms import restate_forms
 from alphaalign_jax.data.pipeline import BalancedPrompts, Subset, bundled_splits
@@ -764,25 +765,29 @@ def main(argv: list[str]) -> None:
     if FLAGS.distributed:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id)
-    try:
-        workdir = _train(CONFIG_FLAG.value, FLAGS.workdir)
-        artefacts = finish(CONFIG_FLAG.value, workdir)
-        if jax.process_index() == 0:
-            width = max(map(len, artefacts))
-            print("\n".join(f"{name:<{width}}  {path}" for name, path in artefacts.items()))
-            if "smoke" in _config_options(sys.argv):
-                print("smoke run done: every phase ran (plumbing), which says nothing about "
-                      "learning; the main command is the config without :smoke")
-    except OSError as e:
-        if not disk_full(e):
-            raise
-        sys.exit(f"train: {FLAGS.workdir}: the disk is full ({e}); free space, then re-run the "
-                 "same command to resume from the last good checkpoint")
+    workdir = _train(CONFIG_FLAG.value, FLAGS.workdir)
+    artefacts = finish(CONFIG_FLAG.value, workdir)
+    if jax.process_index() == 0:
+        width = max(map(len, artefacts))
+        print("\n".join(f"{name:<{width}}  {path}" for name, path in artefacts.items()))
+        if "smoke" in _config_options(sys.argv):
+            print("smoke run done: every phase ran (plumbing), which says nothing about "
+                  "learning; the main command is the config without :smoke")
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Path:
     """Make the Trainer (every input checked) and run it; each way it can end but the last
     step is one line."""
+    try:
+        return _make_and_run(config, workdir)
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        sys.exit(f"train: {workdir}: the disk is full ({first_line(e, 200)}); free space, then "
+                 "re-run the same command to resume from the last good checkpoint")
+
+
+def _make_and_run(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Path:
     try:
         trainer = Trainer(config, workdir)
     except RunDirLocked as e:

@@ -156,6 +156,10 @@ def main(argv: list[str] | None = None) -> None:
                               overwrite=args.overwrite)
     except (UsageError, CheckpointError, ConfigError) as e:
         config_lib.usage_error(f"convert_checkpoint: {e}")
+    except OSError as e:  # the output is left as it was (written aside, renamed when whole)
+        if not checkpoint.disk_full(e):
+            raise
+        sys.exit(f"convert_checkpoint: {args.out}: the disk is full ({e}); it is as it was")
     print(out)
 
 
