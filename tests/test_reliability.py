@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import signal
+import subprocess
 
 import numpy as np
 import pytest
 
 from alphaalign_jax import config as config_lib
 from alphaalign_jax import train as train_lib
-from alphaalign_jax.checkpoint import MANIFEST
+from alphaalign_jax.checkpoint import MANIFEST, saved_steps, verify_checkpoint
 from alphaalign_jax.models import CheckpointError
 from alphaalign_jax.rundir import RunDirLock, RunDirLocked
 from tests.tiny_run import make_tiny_policy, read_metrics, write_prompts
@@ -24,8 +26,8 @@ def tiny(tmp_path_factory, smollm2_dir):
             write_prompts(root / "train.jsonl"), root)
 
 
-def tiny_config(tiny, steps: int, policy: pathlib.Path | None = None):
-    c = config_lib.base_config()
+def tiny_config(tiny, steps: int, policy: pathlib.Path | None = None, algorithm: str = "grpo"):
+    c = config_lib.base_config(algorithm)
     c.model.hf_dir = str(policy or tiny[0])
     c.data.train_file = str(tiny[1])
     c.system_prompt = ""
@@ -291,3 +293,385 @@ def test_a_failed_background_save_stops_the_next_step(tiny, tmp_path, monkeypatc
     assert "last good checkpoint is step 2;" in str(err.value)
     written = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in written] == [1, 2, 3, 4]
+
+
+# -------------------------------------------------------------- round 3 (issue 34), failures 1-6
+def snapshot(path: pathlib.Path) -> dict | None:
+    """Every file and directory under ``path`` with its bytes: equal before and after means
+    nothing was touched."""
+    if not path.exists():
+        return None
+    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(path.rglob("*"))}
+
+
+def params_of(workdir: pathlib.Path, step: int) -> dict:
+    import jax
+
+    from alphaalign_jax.checkpoint import load_model, param_dict
+
+    model = load_model(workdir / "checkpoints" / str(step))
+    return {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_flatten_with_path(param_dict(model))[0]}
+
+
+def assert_same_params(a: pathlib.Path, b: pathlib.Path, step: int) -> None:
+    pa, pb = params_of(a, step), params_of(b, step)
+    assert pa.keys() == pb.keys()
+    for name in pa:
+        np.testing.assert_array_equal(pa[name], pb[name], err_msg=name)
+
+
+def damage(checkpoint_dir: pathlib.Path) -> None:
+    """Zero 16 bytes in the middle of the largest parameter file."""
+    largest = max((p for p in (checkpoint_dir / "params").rglob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 16] = bytes(16)
+    largest.write_bytes(bytes(data))
+
+
+def warm_config(tiny, steps: int):
+    """The tiny run with a warm start (targets from the labels, no sampling to verify)."""
+    c = tiny_config(tiny, steps)
+    c.rollout.update(max_new_tokens=64, response_prefix="<safety_reasoning>")
+    c.rft.update(rounds=1, targets_from="labels", min_kept=1, epochs=2, learning_rate=1e-2)
+    return c
+
+
+@pytest.fixture(scope="module")
+def warm_uninterrupted(tiny):
+    workdir = tiny[2] / "warm_full"
+    train_lib.Trainer(warm_config(tiny, 2), workdir).run()
+    return workdir
+
+
+@pytest.mark.assets
+def test_1_sigterm_during_the_warm_start_saves_nothing_and_the_resume_redoes_it(
+        tiny, tmp_path, warm_uninterrupted, monkeypatch):
+    """Failure 1: a SIGTERM during the warm start dropped its result, then "checkpoint saved"
+    was logged with nothing saved. Now the warm start stops at its next batch, nothing claims
+    to be saved, and the resume redoes it exactly."""
+    trainer = train_lib.Trainer(warm_config(tiny, 2), tmp_path)
+    answers = trainer._plain_answers
+
+    def preempted(records, budget):  # the signal arrives in the middle of the warm start
+        os.kill(os.getpid(), signal.SIGTERM)
+        return answers(records, budget)
+
+    monkeypatch.setattr(trainer, "_plain_answers", preempted)
+    with pytest.raises(train_lib.Preempted, match="during the RFT warm start: nothing was saved"):
+        trainer.run()
+    assert saved_steps(tmp_path / "checkpoints") == []
+    assert not any((tmp_path / name).exists() for name in ("warm_start", "rft.json"))
+    train_lib.Trainer(warm_config(tiny, 2), tmp_path).run()
+    assert metrics(tmp_path) == metrics(warm_uninterrupted)
+    assert_same_params(tmp_path, warm_uninterrupted, 2)
+
+
+@pytest.mark.assets
+def test_1_sigterm_during_the_step_0_save_finishes_it_and_says_so(tiny, tmp_path,
+                                                                  warm_uninterrupted,
+                                                                  monkeypatch):
+    """The other half of failure 1: a SIGTERM while step 0 (the warm start) is being saved.
+    The save is finished and sealed before the message says so; the resume reuses it."""
+    trainer = train_lib.Trainer(warm_config(tiny, 2), tmp_path)
+    save = trainer.checkpoints.save
+
+    def preempted(step, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return save(step, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.checkpoints, "save", preempted)
+    with pytest.raises(train_lib.Preempted,
+                       match=rf"the newest checkpoint, {tmp_path}/checkpoints/0, is saved"):
+        trainer.run()
+    verify_checkpoint(tmp_path / "checkpoints" / "0", "step 0")  # sealed and intact
+    verify_checkpoint(tmp_path / "warm_start", "the warm start")
+    calls = []
+    monkeypatch.setattr(train_lib.Trainer, "warm_start", lambda self: calls.append(1))
+    train_lib.Trainer(warm_config(tiny, 2), tmp_path).run()
+    assert calls == [] and metrics(tmp_path) == metrics(warm_uninterrupted)
+    assert_same_params(tmp_path, warm_uninterrupted, 2)
+
+
+@pytest.mark.assets
+def test_2_an_unsealed_damaged_checkpoint_is_set_aside_never_restored_or_sealed(
+        tiny, tmp_path, uninterrupted, caplog):
+    """Failure 2: with its manifest removed and a parameter file damaged, the newest checkpoint
+    was restored silently and sealed later. Nothing vouches for it: set aside, the run resumes
+    from the newest verified one, saying so in one line."""
+    train_lib.Trainer(tiny_config(tiny, 4), tmp_path).run()
+    newest = tmp_path / "checkpoints" / "4"
+    (newest / MANIFEST).unlink()
+    damage(newest)
+    train_lib.Trainer(tiny_config(tiny, 6), tmp_path).run()
+    assert metrics(tmp_path) == metrics(tiny[2] / "full")  # resumed exactly from step 2
+    aside = [p for p in (tmp_path / "checkpoints_set_aside").iterdir() if p.is_dir()]
+    assert [p.name.split("-")[0] for p in aside] == ["4"]
+    assert not (aside[0] / MANIFEST).exists()  # never sealed afterwards
+    note = json.loads((aside[0].parent / f"{aside[0].name}.json").read_text())
+    assert f"no {MANIFEST}" in note["reason"]
+    resumed = [r.getMessage() for r in caplog.records if "resumed from" in r.getMessage()]
+    assert len(resumed) == 1 and "\n" not in resumed[0]
+    assert f"previous good checkpoint {tmp_path}/checkpoints/2 (step 2) instead of step 4" \
+        in resumed[0]
+    for step in (4, 6):  # written again, sealed
+        verify_checkpoint(tmp_path / "checkpoints" / str(step), "checkpoint")
+    assert_same_params(tmp_path, tiny[2] / "full", 6)
+
+
+@pytest.mark.assets
+@pytest.mark.parametrize("kind", ["set aside", "unsealed", "damaged"])
+def test_3_evaluate_and_export_refuse_an_unverified_checkpoint(tiny, tmp_path, uninterrupted,
+                                                               capsys, kind):
+    """Failure 3: evaluate and export read a set-aside or damaged checkpoint and exited 0 (the
+    export held NaN weights). Both verify first and refuse in one line, exit 2, naming the
+    check, with nothing written."""
+    import shutil
+
+    from alphaalign_jax import evaluate
+    from tools import convert_checkpoint
+
+    source = tiny[2] / "full" / "checkpoints" / "2"
+    if kind == "set aside":
+        ckpt = tmp_path / "run" / "checkpoints_set_aside" / "2-20260101-000000"
+        shutil.copytree(source, ckpt)
+        (ckpt.parent / f"{ckpt.name}.json").write_text(json.dumps(
+            {"step": 2, "reason": "fails verification: params/x: content (sha256) differs"}))
+        check = "set aside by the trainer (fails verification"
+    else:
+        ckpt = shutil.copytree(source, tmp_path / "run" / "checkpoints" / "2")
+        if kind == "unsealed":
+            (ckpt / MANIFEST).unlink()
+            check = f"unsealed (no {MANIFEST})"
+        else:
+            damage(ckpt)
+            check = "fails verification (params/"
+    for tool, argv in (
+            (evaluate.main, ["--model", str(ckpt), "--out", str(tmp_path / "eval"),
+                             "--judge", "none"]),
+            (convert_checkpoint.main, ["orbax-to-hf", str(ckpt), str(tmp_path / "hf")])):
+        with pytest.raises(SystemExit) as exit_:
+            tool(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1, err
+        assert check in err and str(ckpt) in err
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "hf").exists()
+
+
+@pytest.mark.assets
+def test_4_a_torn_metrics_line_and_later_steps_are_kept_aside_on_resume(tiny, tmp_path,
+                                                                        uninterrupted):
+    """Failure 4: a torn last line in metrics.jsonl (a full disk mid-write) crashed every
+    later resume. The lines up to the checkpoint's step are kept, the torn one and those of
+    later steps go to metrics.jsonl.dropped, and the run goes on."""
+    train_lib.Trainer(tiny_config(tiny, 4), tmp_path).run()
+    (tmp_path / "checkpoints" / "4" / MANIFEST).unlink()  # resumed from 2: steps 3, 4 redone
+    path = tmp_path / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines) + "\n" + lines[-1][:25])  # cut short mid-write
+    train_lib.Trainer(tiny_config(tiny, 6), tmp_path).run()
+    assert metrics(tmp_path) == uninterrupted
+    assert (tmp_path / "metrics.jsonl.dropped").read_text().splitlines() == (
+        lines[2:] + [lines[-1][:25]])
+
+
+def fill_disk(directory: pathlib.Path, leave: int) -> None:
+    """Take all but ``leave`` bytes of the file system ``directory`` is on."""
+    st = os.statvfs(directory)
+    with open(directory / "filler", "wb") as f:
+        f.write(bytes(max(st.f_bavail * st.f_frsize - leave, 0)))
+
+
+@pytest.mark.assets
+def test_4_a_full_disk_during_a_checkpoint_write_leaves_the_last_one_intact(
+        tiny, tmp_path, uninterrupted, monkeypatch):
+    """The other half of failure 4, on a real full disk (a small tmpfs): the write of
+    checkpoint 4 fails for want of space. The run stops in one line saying the disk is full,
+    checkpoint 2 verifies, and once there is space the run resumes from it exactly."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs",
+                                            str(disk)], capture_output=True).returncode:
+        pytest.skip("needs a tmpfs mount (root)")
+    try:
+        workdir = disk / "run"
+        config = tiny_config(tiny, 6)
+        config.train.async_checkpointing = True  # the default: the error comes from a thread
+        save = train_lib.TrainCheckpoints.save
+
+        def fill_then_save(self, step, *args, **kwargs):
+            if step == 4:
+                fill_disk(disk, leave=256 << 10)
+            return save(self, step, *args, **kwargs)
+
+        monkeypatch.setattr(train_lib.TrainCheckpoints, "save", fill_then_save)
+        with pytest.raises(SystemExit) as exit_:
+            train_lib._train(config, str(workdir))
+        message = str(exit_.value.code)
+        assert message.startswith("train: ") and "\n" not in message
+        assert "the disk is full" in message, message
+        verify_checkpoint(workdir / "checkpoints" / "2", "checkpoint 2")
+        monkeypatch.undo()
+        (disk / "filler").unlink()
+        train_lib.Trainer(tiny_config(tiny, 6), workdir).run()
+        assert metrics(workdir) == uninterrupted
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.assets
+def test_5_resuming_with_another_algorithm_is_refused_and_harmless_changes_recorded(
+        tiny, tmp_path, capsys):
+    """Failure 5: ':ppo' on a GRPO workdir set its checkpoints aside, restarted from step 0
+    and overwrote metrics.jsonl, exit 0. A change of what the checkpoints hold is refused in
+    one line naming the fields, exit 2, nothing touched; steps, logging and checkpoint
+    cadence may change, and the change is recorded."""
+    train_lib.Trainer(tiny_config(tiny, 2), tmp_path).run()
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        train_lib._train(tiny_config(tiny, 4, algorithm="ppo"), str(tmp_path))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("train: config.algo.name") and "'grpo' -> 'ppo'" in err
+    assert snapshot(tmp_path) == before
+    c = tiny_config(tiny, 4)
+    c.train.update(checkpoint_every=1, log_samples=1)
+    train_lib.Trainer(c, tmp_path).run()
+    history = [json.loads(line) for line in (tmp_path / "config_history.jsonl").open()]
+    assert history[-1]["changed"] == {"train.steps": [2, 4], "train.checkpoint_every": [2, 1],
+                                      "train.log_samples": [2, 1]}
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == 4
+    assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3, 4]
+
+
+@pytest.mark.assets
+def test_6_export_refuses_a_non_empty_directory_and_replaces_one_only_whole(
+        tiny, tmp_path, uninterrupted, capsys, monkeypatch):
+    """Failure 6: orbax-to-hf overwrote an existing model directory. It refuses a non-empty
+    one unless --overwrite; an export that fails half way leaves it as it was, and one that
+    completes replaces it whole (written aside, renamed into place)."""
+    from tools import convert_checkpoint
+
+    ckpt = tiny[2] / "full" / "checkpoints" / "6"
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "config.json").write_text('{"a": "base model"}')
+    before = snapshot(target)
+    with pytest.raises(SystemExit) as exit_:
+        convert_checkpoint.main(["orbax-to-hf", str(ckpt), str(target)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "not empty" in err
+    assert "--overwrite" in err and snapshot(target) == before
+
+    def half_written(model, out, **_):
+        out.mkdir(parents=True)
+        (out / "model.safetensors").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(convert_checkpoint, "save_pretrained", half_written)
+    with pytest.raises(SystemExit, match="the disk is full"):
+        convert_checkpoint.main(["orbax-to-hf", str(ckpt), str(target), "--overwrite"])
+    assert snapshot(target) == before and [p.name for p in tmp_path.iterdir()] == ["model"]
+    monkeypatch.undo()
+    convert_checkpoint.main(["orbax-to-hf", str(ckpt), str(target), "--overwrite"])
+    assert (target / "model.safetensors").exists() and "base model" not in (
+        target / "config.json").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary directory left
+
+
+# ------------------------------------------------------------------------------ chaos
+CHAOS_PHASES = ("warm start", "rollouts", "checkpoint write", "any time")
+
+
+def _chaos_overrides(tiny) -> list[str]:
+    """The tiny run as a user starts it, with a warm start (targets from the labels) and a
+    checkpoint every step, two kept: every phase a kill can land in comes up in seconds."""
+    from tests.tiny_run import tiny_overrides
+
+    return tiny_overrides(tiny[0], tiny[1], steps=6) + [
+        "--config.rollout.max_new_tokens=64", "--config.rollout.response_prefix=<safety_reasoning>",
+        "--config.rft.rounds=1", "--config.rft.targets_from=labels", "--config.rft.min_kept=1",
+        "--config.rft.system_prompt=", "--config.rft.epochs=2",
+        "--config.train.checkpoint_every=1", "--config.train.keep_checkpoints=2"]
+
+
+def _wait(predicate, proc, timeout: float = 600) -> bool:
+    """Poll until ``predicate()``; False when the trainer ended first."""
+    import time
+
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            return False
+        assert time.time() < deadline, "the trainer never reached the phase"
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.assets
+def test_chaos_killed_at_random_points_resumes_to_the_uninterrupted_run(tiny, tmp_path):
+    """The real trainer on a tiny model, killed at seeded random points (SIGKILL and SIGTERM;
+    during the warm start, the rollouts, the checkpoint writes, or any time) and resumed by the
+    same command each time: its metrics and final parameters equal an uninterrupted run's. A
+    SIGTERM always exits 0, and a checkpoint its message says is saved verifies. CHAOS_SEED
+    and CHAOS_KILLS reproduce a failure."""
+    import random
+    import re
+    import time
+
+    from tests.tiny_run import REPO, run_train, train_command
+
+    seed, kills = int(os.environ.get("CHAOS_SEED", "34")), int(os.environ.get("CHAOS_KILLS", "10"))
+    rng = random.Random(seed)
+    overrides = _chaos_overrides(tiny)
+    full, workdir = tmp_path / "full", tmp_path / "chaos"
+    run_train(full, overrides)
+    both = [signal.SIGKILL, signal.SIGTERM]
+    # each phase with each signal once (the warm start's first: it is over after them), then
+    # random ones; all in a seeded order, at seeded delays
+    later = [(p, s) for p in CHAOS_PHASES[1:] for s in both]
+    rng.shuffle(later)
+    schedule = rng.sample([("warm start", s) for s in both], 2) + later + [
+        (rng.choice(CHAOS_PHASES[1:]), rng.choice(both)) for _ in range(kills)]
+    log = []
+    for attempt, (phase, sig) in enumerate(schedule[:kills]):
+        delay = rng.uniform(0.0, 0.3)
+        err_path = tmp_path / f"stderr-{attempt}.txt"
+        with open(err_path, "w") as err:
+            proc = subprocess.Popen(train_command(workdir, overrides), cwd=REPO,
+                                    stdout=subprocess.DEVNULL, stderr=err)
+        lines = len(metrics(workdir)) if (workdir / "metrics.jsonl").exists() else 0
+        started = time.time()
+        triggers = {
+            "warm start": lambda: "RFT warm start" in err_path.read_text(errors="replace"),
+            "rollouts": lambda: (workdir / "metrics.jsonl").exists() and len(
+                (workdir / "metrics.jsonl").read_text().splitlines()) > lines,
+            "checkpoint write": lambda: (workdir / "checkpoints").is_dir() and any(
+                "orbax-checkpoint-tmp" in p.name for p in (workdir / "checkpoints").iterdir()),
+            "any time": lambda: time.time() > started + 8 + 20 * delay,
+        }
+        reached = _wait(triggers[phase], proc)
+        if reached:
+            time.sleep(delay if phase != "checkpoint write" else 0.0)
+            proc.send_signal(sig)
+        proc.wait(timeout=600)
+        stderr = err_path.read_text(errors="replace")
+        log.append((attempt, phase, sig.name, reached, proc.returncode))
+        assert "Traceback" not in stderr, (log, stderr[-3000:])
+        if not reached or proc.returncode == 0 and "preempted" not in stderr:
+            break  # it finished before the signal: the run is complete
+        if sig == signal.SIGTERM:
+            assert proc.returncode == 0, (log, stderr[-3000:])
+            claimed = re.findall(r"checkpoint,? (\S+?/checkpoints/\d+),? (?:is )?saved", stderr)
+            for path in claimed:  # what the message says is saved is there and intact
+                verify_checkpoint(pathlib.Path(path), "the checkpoint said saved")
+    print("chaos (attempt, phase, signal, reached, exit status):", log)
+    assert sum(reached for *_, reached, _ in log) >= min(kills, 6), log  # not finished early
+    run_train(workdir, overrides)
+    assert metrics(workdir) == metrics(full), log
+    final = max(saved_steps(full / "checkpoints"))
+    assert_same_params(workdir, full, final)
