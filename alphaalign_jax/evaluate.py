@@ -264,7 +264,7 @@ class GenerationSettings:
         raised to ``EVAL_NEW_TOKENS``), then ``overrides``."""
         path = run_dir / "config.json"
         if not path.exists():
-            raise FileNotFoundError(f"--run {run_dir}: no config.json (not a training workdir)")
+            raise FileNotFoundError(f"--run={run_dir}: no config.json; a training workdir")
         c = json.loads(path.read_text())
         trained = dict(template=c["template"], system_prompt=c.get("system_prompt", ""),
                        response_prefix=c["rollout"]["response_prefix"],
@@ -347,8 +347,9 @@ class Evaluator:
     def check_prompt_lengths(self, records: Sequence[PromptRecord], origin: pathlib.Path,
                              attack_tokens: int = 0) -> None:
         """:func:`check_prompt_lengths` against this model's context."""
-        check_prompt_lengths(self.tokenizer, self.settings, self.sampler.max_len, records,
-                             origin, attack_tokens)
+        if records:  # a set turned off (--probe '') needs no tokenizer
+            check_prompt_lengths(self.tokenizer, self.settings, self.sampler.max_len,
+                                 records, origin, attack_tokens)
 
     def generate(self, task: str, records: Sequence[PromptRecord], *, samples: int = 1,
                  prefill_tokens: int = 0) -> list[dict]:
