@@ -666,10 +666,12 @@ class Trainer:
             try:
                 self.checkpoints.seal()
             finally:
-                if writer is not None:
-                    writer.close(plot=c.train.plot)
-                if self.lock is not None:
-                    self.lock.release()
+                try:  # a full disk can fail the metrics' last flush: the lock goes all the same
+                    if writer is not None:
+                        writer.close(plot=c.train.plot)
+                finally:
+                    if self.lock is not None:
+                        self.lock.release()
         return self.workdir
 
 

@@ -137,8 +137,9 @@ def test_a_plan_that_does_not_fit_fails_naming_the_tensors(tmp_path):
 
 def test_unknown_topology_is_one_line(tmp_path):
     out = run_aot(tmp_path, "--topology=v5e-7")
-    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == (
-        "aot: --topology=v5e-7: no v5e slice of 7 chips")
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "aot: --topology=v5e-7: no such v5e slice; one of v5e-1, v5e-4, v5e-8, v5e-16, v5e-32, "
+        "v5e-64, v5e-128, v5e-256"]
 
 
 def test_the_compilers_out_of_memory_is_a_does_not_fit_report(tmp_path):

@@ -198,8 +198,8 @@ def test_a_new_variant_is_one_entry_in_the_seam(monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    ([":nope"], "config argument 'nope': expected at most one algorithm"),
-    (["", "--config.data.seed=abc"], "flag --config.data.seed=abc: invalid literal for int()"),
+    ([":nope"], "unknown option nope; at most one algorithm of grpo, "),
+    (["", "--config.data.seed=abc"], "config.data.seed: 'abc' is not an int"),
     (["", "--config.reward.markers_on=all"], "config.reward.markers_on: must be 'benign' with "
                                              "reward.whole_refusal"),
 ])
@@ -211,5 +211,5 @@ def test_a_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, args, mess
          *args[1:]], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"train: {message}"), lines
+    assert len(lines) == 1 and lines[0].startswith("train: ") and message in lines[0], lines
     assert not workdir.exists()
