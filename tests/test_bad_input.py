@@ -170,7 +170,7 @@ def test_convert(argv, named, existing, smollm2_dir):
 # Every field validate() checks, and a value out of its range.
 OUT_OF_RANGE = {
     "model.dtype": "float16", "model.param_dtype": "int8", "mesh.data": 0, "mesh.fsdp": -2,
-    "mesh.tensor": 0, "data.harmful_fraction": 1.5, "data.seed": -1,
+    "mesh.tensor": 0, "data.harmful_fraction": 1.5, "data.seed": -1, "data.restate_forms": 1.5,
     "template": "no slot", "rollout.num_samples": 1, "rollout.max_prompt_len": 0,
     "rollout.max_new_tokens": 0, "rollout.temperature": 0.0, "rollout.top_p": 0.0,
     "rollout.top_k": -1, "rollout.stop_strings": ("",), "rollout.max_sampling_rounds": 0,
