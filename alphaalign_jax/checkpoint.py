@@ -275,6 +275,7 @@ class TrainCheckpoints:
         self._manager: ocp.CheckpointManager | None = None
         self._last_save: int | None = None  # the step a background write error belongs to
         self._unsealed: list[int] = []  # written by this process, manifest still to write
+        self.keep_also: set[int] = set()  # steps rotation never removes (the selected one)
 
     @property
     def manager(self) -> ocp.CheckpointManager:
@@ -390,13 +391,14 @@ class TrainCheckpoints:
         self._rotate()
 
     def _rotate(self) -> None:
-        """Remove the checkpoints older than the newest ``max_to_keep`` sealed ones."""
+        """Remove the checkpoints older than the newest ``max_to_keep`` sealed ones, except
+        those of ``keep_also``."""
         steps = self.all_steps()
         sealed = [s for s in steps if has_manifest(self.step_dir(s))]
         if len(sealed) <= self.max_to_keep:
             return
         oldest_kept = sorted(sealed)[-self.max_to_keep]
-        for step in (s for s in steps if s < oldest_kept):
+        for step in (s for s in steps if s < oldest_kept and s not in self.keep_also):
             if jax.process_index() == 0:
                 shutil.rmtree(self.step_dir(step))
         self.manager.reload()

@@ -21,6 +21,7 @@ import ml_collections
 
 from alphaalign_jax.rewards import DEFAULT_REFUSAL_PHRASES, DEFAULT_SAFETY_TEMPLATE, MARKER_SCOPES
 from alphaalign_jax.rewards.verifiers import REASONING_OPEN
+from alphaalign_jax.validation import SELECT
 from alphaalign_jax.rl import algorithms
 from alphaalign_jax.rl.losses import AGGREGATIONS
 
@@ -58,6 +59,9 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
         # Share of training prompts restated in the other grammatical form (question <->
         # instruction, both labels alike; data/forms.py), so the form carries no label.
         restate_forms=0.0,
+        # Training prompts of each label held back and answered greedily at every checkpoint
+        # (validation.py): the val/ metrics, and the checkpoint train.select="validation" picks.
+        validation_prompts=0,
     )
     c.template = DEFAULT_SAFETY_TEMPLATE  # the prompt around each query, with a {prompt} slot
     # A system turn before every templated query ("" = the chat template's default), e.g.
@@ -176,6 +180,9 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
         eval_prompts=0,
         eval_new_tokens=64,  # completion budget of that evaluation
         export_hf=False,  # after the last step: the final checkpoint as an HF model, <workdir>/hf
+        # The run's result, evaluated and exported after the last step: "last", or
+        # "validation" (the checkpoint with the largest validation refusal gap).
+        select="last",
     )
     algorithms.apply(c, algorithm)
     return c
@@ -202,6 +209,11 @@ def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(isinstance(c.data.seed, int) and not isinstance(c.data.seed, bool)
              and c.data.seed >= 0, "data.seed", f"must be >= 0 and an int, got {c.data.seed!r}")
     _require(0.0 <= c.data.restate_forms <= 1.0, "data.restate_forms", "must be in [0, 1]")
+    _require(isinstance(c.data.validation_prompts, int) and c.data.validation_prompts >= 0,
+             "data.validation_prompts", "must be an int >= 0 (0: no validation)")
+    _require(c.train.select in SELECT, "train.select", f"'{c.train.select}' is not one of {SELECT}")
+    _require(c.train.select == "last" or c.data.validation_prompts > 0, "train.select",
+             "'validation' needs held-back prompts: set data.validation_prompts > 0")
     _require(c.train.seed >= 0, "train.seed", f"must be >= 0, got {c.train.seed}")
     _require(c.reward.rm_batch_size >= 1, "reward.rm_batch_size", "must be >= 1")
     _require(c.reward.rm_max_len >= 1, "reward.rm_max_len", "must be >= 1")

@@ -44,6 +44,7 @@ from ml_collections import config_flags
 from alphaalign_jax import assets
 from alphaalign_jax import config as config_lib
 from alphaalign_jax import sharding as shd
+from alphaalign_jax import validation
 from alphaalign_jax.checkpoint import (CheckpointWriteError, TrainCheckpoints, disk_full,
                                        first_line, load_model, save_model, saved_steps,
                                        verify_checkpoint)
@@ -177,6 +178,7 @@ class Trainer:
         self.reward_fn = reward_fn or alphaalign_reward(c.reward, self.hf_dir, self.mesh)
         self._compile_train_step()
         self.step = 0
+        self.selection = validation.Selection()  # the best validated checkpoint so far
 
     def _resume_changes(self) -> dict:
         """How this config differs from the one of the run in the workdir (``config.json``),
@@ -241,6 +243,9 @@ class Trainer:
             for system in systems], axis=0)
         keep = fit_prompt_budget(rows, lengths, c.rollout.max_prompt_len, origin=origin,
                                  field="config.rollout.max_prompt_len", lenient=c.data.lenient)
+        held = validation.held_back([rows[i] for i in keep], c.data.validation_prompts)
+        self.validation_records = [rows[keep[i]] for i in sorted(held)]
+        keep = [k for i, k in enumerate(keep) if i not in held]
         round_size = (math.ceil(c.rollout.oversample * c.train.prompts_per_step)
                       if c.rollout.dynamic_sampling else c.train.prompts_per_step)
         return BalancedPrompts.build(Subset(records, keep), [rows[i].label for i in keep],
@@ -276,10 +281,34 @@ class Trainer:
                          critic_opt_state=self.critic.opt_state)
         return state
 
-    def save(self, force: bool = False) -> None:
+    def save(self, force: bool = False, validate: bool = True) -> dict[str, float]:
+        """Checkpoint this step, validated first when the run holds prompts back and this is
+        a checkpoint of the schedule (not one a preemption adds), so a resumed run validates
+        the same steps; the selection travels in the checkpoint. Returns the validation
+        metrics ({} without validation)."""
+        metrics = self.validate() if self.validation_records and validate else {}
+        if metrics and self.selection.offer(self.step, metrics):
+            self.checkpoints.keep_also = {self.step}
         self.checkpoints.save(self.step, self._state(), {
-            "step": self.step, "data": self.prompts.state(), "seed": int(self.config.train.seed)},
-            force=force)
+            "step": self.step, "data": self.prompts.state(), "seed": int(self.config.train.seed),
+            "selected": self.selection.state()}, force=force)
+        if metrics and jax.process_index() == 0:
+            (self.workdir / "selected.json").write_text(json.dumps(self.selection.state()))
+            logging.info("validation at step %d: %s; selected step %d", self.step, ", ".join(
+                f"{k} {v:.3f}" for k, v in metrics.items()), self.selection.step)
+        return metrics
+
+    def validate(self) -> dict[str, float]:
+        """Greedy answers to the held-back training prompts under the training prompt, read
+        by the reward's verifiers (validation.py)."""
+        c = self.config
+        rollouts = self.sampler.generate(
+            [self._prompt_text(r) for r in self.validation_records],
+            max_new_tokens=c.rollout.max_new_tokens, greedy=True, num_samples=1,
+            state=nnx.state(nnx.merge(self.graphdef, self.params, self.rest)))
+        texts = [scored_response(t, c.rollout.response_prefix) for t in rollouts.texts]
+        return validation.scores(self.validation_records, texts,
+                                 safety_config(c.reward).refusal)
 
     def restore_latest(self) -> bool:
         """Resume from the newest good checkpoint (checkpoint.TrainCheckpoints)."""
@@ -294,6 +323,8 @@ class Trainer:
             self.critic.opt_state = state["critic_opt_state"]
         self.prompts.restore(train_state["data"])
         self.step = int(train_state["step"])
+        self.selection = validation.Selection.from_state(train_state.get("selected"))
+        self.checkpoints.keep_also = {self.selection.step}
         return True
 
     # ------------------------------------------------------------------- a step
@@ -654,7 +685,9 @@ class Trainer:
                 t0 = time.perf_counter()
                 if self.step % c.train.checkpoint_every == 0 or preempted or \
                         self.step == c.train.steps:
-                    self.save(force=preempted)
+                    metrics.update(self.save(
+                        force=preempted, validate=self.step % c.train.checkpoint_every == 0
+                        or self.step == c.train.steps))
                 metrics["time/checkpoint_s"] = time.perf_counter() - t0  # async: the blocking part
                 if writer is not None:
                     writer.write(self.step, metrics)
@@ -722,6 +755,10 @@ def finish(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
     where each artefact of the run is."""
     t = config.train
     step = int(t.steps)
+    if t.select == "validation":
+        step = int(json.loads((workdir / "selected.json").read_text())["step"])
+        logging.info("the run's result: step %d, selected on the held-back training prompts "
+                     "(%s)", step, workdir / "selected.json")
     found = {"checkpoint": workdir / "checkpoints" / str(step),
              "metrics": workdir / "metrics.jsonl", "curves": workdir / "curves.png",
              "samples": workdir / "samples.jsonl", "tensorboard": workdir / "tensorboard"}

@@ -43,8 +43,10 @@ OPTIONS = {
              "checkpoint, a tiny evaluation, HF export",
     "scaffold": "the worked examples as the system prompt during RL, no warm start, 20 steps",
     "prefix_reward": "the paper's refusal reading (prefix list only)",
+    "sampled_warm_start": "the earlier recipe: warm-start targets sampled under worked examples, "
+                          "prompts as the sources wrote them, 36 steps",
 }
-LONG_OPTIONS = ("scaffold",)  # options that make a run long: not with smoke
+LONG_OPTIONS = ("scaffold", "sampled_warm_start")  # options that make a run long: not with smoke
 
 
 def get_config(arg: str = ""):
@@ -68,30 +70,37 @@ def get_config(arg: str = ""):
     c.reward.refusal_markers = REFUSAL_MARKERS
     c.reward.markers_on = "benign"
     c.reward.whole_refusal = True
-    c.rft.update(rounds=20, system_prompt=WORKED_EXAMPLES_SYSTEM_PROMPT, temperature=0.7,
-                 epochs=2, balance=True, learning_rate=1e-4)
+    # The warm start's targets from the labels: 48 batches of 2 + 2 prompts, 3 epochs.
+    c.rft.update(rounds=48, targets_from="labels", epochs=3, balance=True, learning_rate=1e-4)
+    c.data.restate_forms = 0.5  # half the prompts in the other form: the form tells no label
     c.algo.beta = 0.04  # k3 KL to the warm start
     c.algo.micro_batch_size = 8
     c.optim.learning_rate = 3e-5
     c.optim.warmup_steps = 2
-    c.train.steps = 36
+    c.train.steps = 12
     c.train.prompts_per_step = 4
-    c.train.checkpoint_every = 6
+    c.train.checkpoint_every = 3
     if algorithm == "ppo":
         c.optim.critic_learning_rate = 1e-4  # the critic starts from a zero head
         c.optim.warmup_steps = 4  # 2 mini-batches a step
+    if "sampled_warm_start" in options:
+        c.rft.update(rounds=20, targets_from="samples", system_prompt=WORKED_EXAMPLES_SYSTEM_PROMPT,
+                     temperature=0.7, epochs=2)
+        c.data.restate_forms = 0.0
+        c.train.update(steps=36, checkpoint_every=6)
     if "prefix_reward" in options:
         c.reward.update(refusal_markers=(), markers_on="all", whole_refusal=False)
     if "scaffold" in options:
         c.system_prompt = WORKED_EXAMPLES_SYSTEM_PROMPT
         c.rft.rounds = 0
+        c.data.restate_forms = 0.0
         c.reward.helpfulness = "none"
         c.algo.beta = 0.0
         c.train.steps = 20
         c.train.checkpoint_every = 5
     if "smoke" in options:  # every phase once, as small as it runs: plumbing, not learning
         c.rollout.update(num_samples=4, max_new_tokens=48)
-        c.rft.update(rounds=1, epochs=1, targets_from="labels", min_kept=1)
+        c.rft.update(rounds=1, epochs=1, min_kept=1)
         c.train.update(steps=2, prompts_per_step=2, checkpoint_every=2, eval_prompts=4,
                        eval_new_tokens=32, export_hf=True)
         c.reward.helpfulness = "none"  # the verifiers' reward alone: no judge to compile,
