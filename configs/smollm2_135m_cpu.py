@@ -1,30 +1,34 @@
-"""The bundled default: AlphaAlign on SmolLM2-135M-Instruct in one command, 43 min on 2 CPU cores.
+"""The bundled default: AlphaAlign on SmolLM2-135M-Instruct in one command on 2 CPU cores.
 
     python -m alphaalign_jax.train --config=configs/smollm2_135m_cpu.py --workdir=runs/smollm2
 
 A 135M model does not follow the paper's template unaided (format 1%, no refusals in 160
 sampled answers to harmful prompts), so every group's reward is constant and GRPO learns
-nothing. This recipe gets the format and a reward that cannot be gamed, but not yet the
-decision: held out, it refuses every prompt (docs/learning.md section 18, run S0b; the README
-has the table). Its two phases:
+nothing. This recipe gives it the format first, then lets GRPO teach the decision
+(docs/learning.md has the measurements). Its two phases:
 
-1. A rejection-sampling warm start (rl/rft.py): the policy answers training prompts under a
-   system prompt of worked examples (rewards.WORKED_EXAMPLES_SYSTEM_PROMPT, training prompts
-   only), the verifiers keep answers with the tags in order, a benign prompt answered and a
-   harmful one refused in the template's words alone, and the policy is fine-tuned on them
-   under the plain template, class-balanced. It teaches the format, and the template's refusal
-   as the answer to every prompt (section 18).
-2. GRPO under the plain template (no scaffold left to copy) on the paper's full reward R_s +
-   R_h, the helpfulness judge being the base model, with a k3 KL anchor to the warm start
-   (beta 0.04) and the refusal read so that it cannot be gamed: on a harmful prompt r_a is paid
-   only for an answer that refuses as a whole (reward.whole_refusal: a compliance with a
-   disclaimer, a step list or a verdict label earns nothing), on a benign one a refusal in any
-   words costs r_a (reward.refusal_markers on benign prompts). Class-balanced batches of 4
-   prompts x 8 rollouts x 96 new tokens at temperature 1.0, lr 3e-5, 36 steps.
+1. A warm start from the labels (rl/rft.py ``collect_labelled``): for 48 batches of training
+   prompts, one target each: the class's one-sentence reasoning, then the template's refusal on
+   a harmful prompt or, on a benign one, the policy's own greedy answer to the bare question
+   cut to whole sentences; 3 epochs of fine-tuning under the plain template. It teaches the
+   format and finished answers, not yet which prompts to refuse.
+2. GRPO under the plain template on the paper's full reward R_s + R_h, the helpfulness judge
+   being the base model, with a k3 KL anchor to the warm start (beta 0.04) and the refusal read
+   so that it cannot be gamed: on a harmful prompt r_a is paid only for an answer that refuses
+   as a whole (reward.whole_refusal: a compliance with a disclaimer, a step list or a verdict
+   label earns nothing), on a benign one a refusal in any words costs r_a
+   (reward.refusal_markers on benign prompts). Class-balanced batches of 4 prompts x 8
+   rollouts x 96 new tokens at temperature 1.0, lr 3e-5, 12 steps.
+
+Half the training prompts of each label are restated in the other grammatical form
+(data.restate_forms, data/forms.py): the bundled benign prompts are all questions and a third
+of the harmful ones instructions, and without it the policy learns to refuse instructions.
 
 Variants for experiments, ``--config=configs/smollm2_135m_cpu.py:ARG``:
-``scaffold``: the earlier default, the worked examples as the system prompt during RL and no
+``scaffold``: an early default, the worked examples as the system prompt during RL and no
 warm start, 20 steps; it learns the tags by copying the examples and never refuses.
+``sampled_warm_start``: the previous default, warm-start targets sampled under the worked
+examples and prompts as written, 36 steps; it refuses every held-out prompt.
 ``prefix_reward``: the paper's refusal reading (prefix list only) in the recipe above.
 ``ppo``: a critic from the policy at lr 1e-4 and GAE instead of GRPO.
 ``smoke``: the whole pipeline in about 3 minutes (a one-batch warm start, 2 GRPO steps of short

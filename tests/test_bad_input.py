@@ -171,6 +171,7 @@ def test_convert(argv, named, existing, smollm2_dir):
 OUT_OF_RANGE = {
     "model.dtype": "float16", "model.param_dtype": "int8", "mesh.data": 0, "mesh.fsdp": -2,
     "mesh.tensor": 0, "data.harmful_fraction": 1.5, "data.seed": -1, "data.restate_forms": 1.5,
+    "data.validation_prompts": -1,
     "template": "no slot", "rollout.num_samples": 1, "rollout.max_prompt_len": 0,
     "rollout.max_new_tokens": 0, "rollout.temperature": 0.0, "rollout.top_p": 0.0,
     "rollout.top_k": -1, "rollout.stop_strings": ("",), "rollout.max_sampling_rounds": 0,
@@ -187,7 +188,7 @@ OUT_OF_RANGE = {
     "rft.temperature": -1.0, "rft.copy_words": 0, "rft.epochs": 0, "rft.learning_rate": 0.0,
     "rft.min_kept": 0, "rft.targets_of": "harmful", "rft.targets_file": "x.jsonl",
     "train.steps": 0, "train.prompts_per_step": 0, "train.seed": -1,
-    "train.checkpoint_every": 0, "train.keep_checkpoints": 0, "train.log_samples": -1,
+    "train.checkpoint_every": 0, "train.keep_checkpoints": 0, "train.log_samples": -1, "train.select": "best",
 }
 
 

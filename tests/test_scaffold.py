@@ -28,7 +28,7 @@ from alphaalign_jax.rewards.template import (
 )
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SMOLLM2_OPTIONS = ("", "scaffold", "prefix_reward", "ppo")
+SMOLLM2_OPTIONS = ("", "scaffold", "sampled_warm_start", "prefix_reward", "ppo")
 
 
 def _configs():

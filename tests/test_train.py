@@ -314,14 +314,19 @@ def test_the_default_is_the_teaching_recipe_and_its_variants():
 
     c = smollm2_135m_cpu.get_config()
     config_lib.validate(c)
-    assert c.system_prompt == "" and c.rft.system_prompt == WORKED_EXAMPLES_SYSTEM_PROMPT
-    assert c.rft.rounds > 0 and c.algo.beta > 0
+    assert c.system_prompt == "" and c.rft.system_prompt == ""
+    assert c.rft.rounds > 0 and c.rft.targets_from == "labels" and c.algo.beta > 0
+    assert c.data.restate_forms == 0.5
     assert (c.reward.helpfulness, c.reward.markers_on, c.reward.whole_refusal) == (
         "lm_judge", "benign", True)
     assert tuple(c.reward.refusal_markers) == REFUSAL_MARKERS
     c = smollm2_135m_cpu.get_config("prefix_reward")
     config_lib.validate(c)
     assert (tuple(c.reward.refusal_markers), c.reward.whole_refusal) == ((), False)
+    c = smollm2_135m_cpu.get_config("sampled_warm_start")
+    config_lib.validate(c)
+    assert (c.rft.targets_from, c.rft.system_prompt, c.data.restate_forms) == (
+        "samples", WORKED_EXAMPLES_SYSTEM_PROMPT, 0.0)
     c = smollm2_135m_cpu.get_config("scaffold")
     config_lib.validate(c)
     assert (c.system_prompt, c.rft.rounds, c.train.steps) == (WORKED_EXAMPLES_SYSTEM_PROMPT, 0, 20)
