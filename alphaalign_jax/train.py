@@ -302,11 +302,8 @@ class Trainer:
         """Greedy answers to the held-back training prompts under the training prompt, read
         by the reward's verifiers (validation.py)."""
         c = self.config
-        rollouts = self.sampler.generate(
-            [self._prompt_text(r) for r in self.validation_records],
-            max_new_tokens=c.rollout.max_new_tokens, greedy=True, num_samples=1,
-            state=nnx.state(nnx.merge(self.graphdef, self.params, self.rest)))
-        texts = [scored_response(t, c.rollout.response_prefix) for t in rollouts.texts]
+        texts = [scored_response(t, c.rollout.response_prefix) for t in self._greedy(
+            [self._prompt_text(r) for r in self.validation_records], c.rollout.max_new_tokens)]
         return validation.scores(self.validation_records, texts,
                                  safety_config(c.reward).refusal)
 
@@ -368,11 +365,15 @@ class Trainer:
     def _plain_answers(self, records: list[PromptRecord], budget: int) -> list[str]:
         """The policy's greedy answer to each bare question (its chat template, no safety
         template or system prompt) in at most ``budget`` new tokens."""
-        rollouts = self.sampler.generate(
+        return self._greedy(
             [build_chat_prompt(r.prompt, self.tokenizer, PROMPT_PLACEHOLDER) for r in records],
-            max_new_tokens=budget, greedy=True, num_samples=1,
-            state=nnx.state(nnx.merge(self.graphdef, self.params, self.rest)))
-        return rollouts.texts
+            budget)
+
+    def _greedy(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        """The current policy's greedy completions of ``prompts``."""
+        return list(self.sampler.generate(
+            prompts, max_new_tokens=max_new_tokens, greedy=True, num_samples=1,
+            state=nnx.state(nnx.merge(self.graphdef, self.params, self.rest))).texts)
 
     def warm_start(self) -> dict[str, float]:
         """The RFT warm start (``config.rft``, rl/rft.py): sample under the scaffold, keep
