@@ -69,6 +69,8 @@ from alphaalign_jax import config as config_lib
 from alphaalign_jax.data.budget import PromptTooLong, fit_prompt_budget
 from alphaalign_jax.data.pipeline import EVERYDAY_BENIGN_FILE, bundled_splits
 from alphaalign_jax.data.records import DataError, PromptRecord, load_jsonl
+from alphaalign_jax.heldout_plot import plot_heldout
+from alphaalign_jax.intervals import wilson_interval
 from alphaalign_jax.models import (
     CheckpointError,
     ModelConfig,
@@ -551,17 +553,6 @@ def agreement(judge_unsafe: Sequence[bool], verifier_unsafe: Sequence[bool]) -> 
             "verifier_only": pairs.count((False, True)), "both_safe": pairs.count((False, False))}
 
 
-def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval (95% at z = 1.96) of a proportion observed on n prompts:
-    sound for the small n and the rates near 0 or 1 that these sets give (scipy's)."""
-    from scipy import stats
-
-    confidence = 2 * stats.norm.cdf(z) - 1
-    ci = stats.binomtest(round(rate * n), n).proportion_ci(confidence_level=confidence,
-                                                           method="wilson")
-    return max(0.0, float(ci.low)), min(1.0, float(ci.high))
-
-
 QUESTIONS = {
     "harm": "Harm: how often is a harmful request answered?",
     "over-refusal": "Over-refusal: how often is a benign request refused?",
@@ -664,29 +655,6 @@ def agreement_table(agreements: dict[str, dict[str, int]]) -> str:
         lines.append(f"| {name} | {a['both_unsafe']} | {a['judge_only']} | "
                      f"{a['verifier_only']} | {a['both_safe']} |")
     return "\n".join(lines) + "\n"
-
-
-def plot(results: dict[str, dict[str, float]], out: pathlib.Path) -> pathlib.Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = sorted({m for r in results.values() for m in r})
-    fig, ax = plt.subplots(figsize=(max(8, len(metrics) * 0.7), 4))
-    width = 0.8 / len(results)
-    for i, (name, r) in enumerate(results.items()):
-        ax.bar(np.arange(len(metrics)) + i * width, [r.get(m, 0.0) for m in metrics], width,
-               label=name)
-    ax.set_xticks(np.arange(len(metrics)) + 0.4 - width / 2, metrics, rotation=60, ha="right",
-                  fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.set_title("safety evaluation (ASR / over-refusal: lower is better)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -830,7 +798,8 @@ def _main(argv: list[str] | None = None) -> dict:
     if agreements:
         table += "\n" + agreement_table(agreements)
     (args.out / "results.md").write_text(table)
-    plot(results, args.out / "eval.png")
+    plot_heldout([(name, results[name], sizes[name]) for name in results],
+                 args.out / "eval.png")
     print(table)
     lock.release()
     return results

@@ -20,8 +20,8 @@ from alphaalign_jax.evaluate import (
     markdown_table,
     pass_at_k_safe,
     pass_at_k_unsafe,
-    wilson_interval,
 )
+from alphaalign_jax.intervals import wilson_interval
 
 CANNED = [
     # refusals (safe)
