@@ -60,7 +60,6 @@ from alphaalign_jax.rewards import RewardFn, alphaalign_reward, policy_prompt, s
 from alphaalign_jax.rewards.reward_fn import safety_config
 from alphaalign_jax.rewards.template import PROMPT_PLACEHOLDER, build_chat_prompt
 from alphaalign_jax.rl import algorithms, rft
-from alphaalign_jax.rl.advantages import group_advantages
 from alphaalign_jax.rl.critic import Critic
 from alphaalign_jax.rl.optim import config_optimizer, make_optimizer
 from alphaalign_jax.rl.step import (LossSettings, NonFiniteError, UpdateBatch, jit_update,
@@ -549,8 +548,8 @@ class Trainer:
         group = c.rollout.num_samples
         loss_rows = np.arange(len(groups) * group) < (len(groups) - filler) * group
         t0 = time.perf_counter()
-        if self.algorithm.advantages == "group":
-            advantages = np.asarray(group_advantages(rewards, scale_by_std=c.algo.scale_by_std))
+        if self.critic is None:  # the algorithm's estimator, from the groups' rewards
+            advantages = self.algorithm.advantages(rewards, c.algo)
             update = self._update_batch(rollouts, advantages.reshape(-1), loss_rows)
         else:  # GAE over the critic's values, the reward on the last token
             update = self._update_batch(rollouts, np.zeros(len(rollouts), np.float32), loss_rows)
@@ -672,7 +671,7 @@ class Trainer:
             while self.step < c.train.steps:
                 metrics = self.train_one_step()
                 silent = silent + 1 if metrics.get("reward/groups_with_signal", 1) == 0 else 0
-                if silent == NO_SIGNAL_STEPS and self.algorithm.advantages == "group":
+                if silent == NO_SIGNAL_STEPS and self.critic is None:
                     logging.warning(
                         "no learning signal: in each of the last %d steps every group's rollouts "
                         "got the same reward, so every advantage is 0 and the policy does not "

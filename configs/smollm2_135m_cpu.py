@@ -31,6 +31,8 @@ warm start, 20 steps; it learns the tags by copying the examples and never refus
 examples and prompts as written, 36 steps; it refuses every held-out prompt.
 ``prefix_reward``: the paper's refusal reading (prefix list only) in the recipe above.
 ``ppo``: a critic from the policy at lr 1e-4 and GAE instead of GRPO.
+``rloo``: RLOO's leave-one-out baseline instead of GRPO's group normalisation (also ``dapo``,
+``dr_grpo``).
 ``smoke``: the whole pipeline in about 3 minutes (a one-batch warm start, 2 GRPO steps of short
 rollouts on the verifiers' reward without KL, a checkpoint, a held-out evaluation of 4 prompts a
 set, an HF export): it proves the plumbing works, not that anything is learnt.

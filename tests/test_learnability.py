@@ -12,6 +12,7 @@ that the measurement can tell the two apart.
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ import transformers
 
 from alphaalign_jax import config as config_lib
 from alphaalign_jax import train as train_lib
+from alphaalign_jax.rl import algorithms
 from alphaalign_jax.rl import critic as critic_lib
 from tests.tiny_run import PROMPTS, make_tiny_policy, write_prompts
 
@@ -77,7 +79,8 @@ def learning_curve(tiny_files, workdir, algorithm) -> list[float]:
 
 
 @pytest.mark.assets
-@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo", "ppo"])
+@pytest.mark.slow
 def test_training_raises_the_reward(tiny_files, tmp_path, algorithm):
     curve = learning_curve(tiny_files, tmp_path, algorithm)
     start, end = np.mean(curve[:2]), np.mean(curve[-4:])
@@ -85,9 +88,11 @@ def test_training_raises_the_reward(tiny_files, tmp_path, algorithm):
 
 
 def flip_advantages(monkeypatch, algorithm: str) -> None:
-    if algorithm == "grpo":
-        advantages = train_lib.group_advantages
-        monkeypatch.setattr(train_lib, "group_advantages", lambda *a, **k: -advantages(*a, **k))
+    registered = algorithms.get(algorithm)
+    if not registered.critic:
+        estimate = registered.advantages
+        monkeypatch.setitem(algorithms.ALGORITHMS, algorithm, dataclasses.replace(
+            registered, advantages=lambda rewards, algo: -estimate(rewards, algo)))
     else:
         estimate = critic_lib.ppo_advantages
 
@@ -99,7 +104,8 @@ def flip_advantages(monkeypatch, algorithm: str) -> None:
 
 
 @pytest.mark.assets
-@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo", "ppo"])
+@pytest.mark.slow
 def test_flipped_advantages_lower_the_reward(tiny_files, tmp_path, monkeypatch, algorithm):
     """The control: the same run with the advantage sign flipped must go the other way."""
     flip_advantages(monkeypatch, algorithm)

@@ -131,6 +131,7 @@ def test_clipped_value_loss_and_its_gradient():
     np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_critic_starts_as_the_policy_with_a_zero_head(smollm2_dir):
     from alphaalign_jax.models import from_pretrained, value_model
     from alphaalign_jax.rl.step import grouped_completion_values
@@ -188,7 +189,7 @@ def test_naming_the_algorithm_by_override_is_refused_in_one_line(tmp_path):
 def test_a_new_variant_is_one_entry_in_the_seam(monkeypatch):
     """What adding a variant takes: one Algorithm in rl/algorithms.py. The config, its
     validation and the trainer's dispatch (estimator, critic) read everything from it."""
-    variant = algorithms.Algorithm("grpo_low_clip", "group", False,
+    variant = algorithms.Algorithm("grpo_low_clip", algorithms.group_normalised,
                                    {"algo.clip_low": 0.1, "algo.clip_high": 0.1}, "test")
     monkeypatch.setitem(algorithms.ALGORITHMS, variant.name, variant)
     c = config_lib.base_config("grpo_low_clip")
