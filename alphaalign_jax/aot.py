@@ -53,6 +53,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from alphaalign_jax import config as config_lib  # noqa: E402
 from alphaalign_jax import sharding as shd  # noqa: E402
@@ -60,7 +61,11 @@ from alphaalign_jax import train as train_lib  # noqa: E402
 from alphaalign_jax.models import ModelConfig  # noqa: E402
 from alphaalign_jax.models.hf_io import abstract_model, architecture, param_shardings  # noqa: E402
 from alphaalign_jax.rewards import safety_judge  # noqa: E402
-from alphaalign_jax.rewards.reward_models import classifier_scores, last_token_hidden  # noqa: E402
+from alphaalign_jax.rewards.reward_models import (  # noqa: E402
+    classifier_scores,
+    scorer_program,
+    yes_minus_no,
+)
 from alphaalign_jax.rl import algorithms  # noqa: E402
 from alphaalign_jax.rl.critic import critic_programs  # noqa: E402
 from alphaalign_jax.rl.optim import config_optimizer  # noqa: E402
@@ -168,6 +173,9 @@ class DoesNotFit(Exception):
 
 
 def _compile(name: str, lowered) -> Any:
+    """``lowered`` compiled, saying what it compiles before it starts (a 7B program takes
+    minutes) and how long it took."""
+    tqdm.write(f"compiling {name} ...", file=sys.stderr)
     start = time.perf_counter()
     try:
         compiled = lowered.compile()
@@ -175,7 +183,7 @@ def _compile(name: str, lowered) -> Any:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         raise DoesNotFit(name, str(e).strip().splitlines()[0].rstrip(".")) from None
-    print(f"compiled {name} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    tqdm.write(f"compiled {name} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return compiled
 
 
@@ -277,7 +285,7 @@ def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device],
                                                                               shape[0]))
 
     algorithm = algorithms.get(c.algo.name)
-    gae = algorithm.advantages == "gae"
+    gae = algorithm.critic  # per-token advantages, with the critic's values and returns
 
     def update_batch(num_prompts: int) -> UpdateBatch:
         """The update's layout: PPO's advantages are per token, with values and returns."""
@@ -332,8 +340,10 @@ def _rollout_programs(c, graphdef, params, rest, scorers: dict, rows, mesh, widt
     a completion."""
     programs = _sampler_programs(c, graphdef, params, rest, mesh, width, new)
     rollouts = c.train.prompts_per_step * c.rollout.num_samples
+    # The scorers' own heads; the verdict token ids (from a tokenizer the plan does not load)
+    # are placeholders of the real count: they select columns, the program is the same.
     heads = {"reward model": lambda m, h: (classifier_scores(m, h) if m.score is not None
-                                           else h[:, 0]),
+                                           else yes_minus_no(m, h, (0, 1), (2, 3))),
              "safety judge": lambda m, h: safety_judge.p_unsafe(m, h, (0, 1))}
     judged = safety_judge.INSTRUCTION_TOKENS + c.rollout.max_prompt_len + new
     shapes = {"reward model": (c.reward.rm_batch_size, c.reward.rm_max_len),
@@ -341,16 +351,12 @@ def _rollout_programs(c, graphdef, params, rest, scorers: dict, rows, mesh, widt
     scored = {"reward model": rollouts // 2,
               "safety judge": math.ceil(rollouts * c.data.harmful_fraction)}
     for name, (scorer_graphdef, scorer_params, scorer_rest) in scorers.items():
-
-        def forward(p, r, ids, mask, graphdef=scorer_graphdef, head=heads[name]):
-            model = nnx.merge(graphdef, p, r)
-            return head(model, last_token_hidden(model, ids, mask))
-
         shape = shapes[name]
+        forward = scorer_program(scorer_graphdef, heads[name])
         programs.append(Program(
             f"{name} forward",
-            _compile(name, jax.jit(forward).lower(
-                scorer_params, scorer_rest, rows(shape, jnp.int32), rows(shape, jnp.bool_))),
+            _compile(name, forward.lower(nnx.merge_state(scorer_params, scorer_rest),
+                                         rows(shape, jnp.int32), rows(shape, jnp.bool_))),
             _per_device_bytes(scorer_params), math.ceil(scored[name] / shape[0])))
     return programs
 
@@ -381,8 +387,8 @@ def _sampler_programs(c, graphdef, params, rest, mesh, width: int, new: int) -> 
     """Prefill, one decode step (the per-token cost) and the decode loop (its memory)."""
     prompts, group = c.train.prompts_per_step, c.rollout.num_samples
     sampler_graphdef, state = nnx.split(nnx.merge(graphdef, params, rest))
-    ctl = sampler_lib._Controls(jnp.float32(1.0), jnp.float32(1.0), jnp.int32(new),
-                                jnp.zeros((2,), jnp.int32), None)
+    ctl = sampler_lib.Controls(jnp.float32(1.0), jnp.float32(1.0), jnp.int32(new),
+                               jnp.zeros((2,), jnp.int32), None)
     mode = sampler_lib.SamplingMode(greedy=False, top_k=0, top_p=False)
     slots = sampler_lib.completion_cache_slots(new)  # the completion cache at its largest
     ids = jax.ShapeDtypeStruct((prompts, width), jnp.int32,
@@ -392,20 +398,20 @@ def _sampler_programs(c, graphdef, params, rest, mesh, width: int, new: int) -> 
     key = jax.eval_shape(lambda: jax.random.key(0))
     static = dict(mode=mode, num_samples=group, cache_len=slots,
                   out_len=sampler_lib.bucket(new, 16), mesh=mesh)
-    prefill = _compile("prefill", sampler_lib._prefill.lower(
+    compiled_prefill = _compile("prefill", sampler_lib.prefill.lower(
         sampler_graphdef, state, ids, mask, key, ctl, **static))
-    shapes = jax.eval_shape(functools.partial(sampler_lib._prefill, **static), sampler_graphdef,
+    shapes = jax.eval_shape(functools.partial(sampler_lib.prefill, **static), sampler_graphdef,
                             state, ids, mask, key, ctl)
     st = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes,
-                      prefill.output_shardings)
-    one_step = jax.jit(lambda s, st: sampler_lib._decode_step(
+                      compiled_prefill.output_shardings)
+    one_step = jax.jit(lambda s, st: sampler_lib.decode_step(
         nnx.merge(sampler_graphdef, s), st, ctl, mode, mesh))
     weights = _per_device_bytes(params)
-    return [Program("sampler prefill", prefill, weights, 1),
+    return [Program("sampler prefill", compiled_prefill, weights, 1),
             Program("sampler decode (one token)",
                     _compile("decode step", one_step.lower(state, st)), weights, new - 1),
             Program("sampler decode loop (memory)", _compile(
-                "decode loop", sampler_lib._decode_chunk.lower(
+                "decode loop", sampler_lib.decode_loop.lower(
                     sampler_graphdef, state, st, ctl, mode=mode, mesh=mesh)), weights, 0)]
 
 
@@ -526,35 +532,43 @@ def search(c: ml_collections.ConfigDict, topology: str) -> list[dict[str, Any]]:
     n, group = len(devices), c.rollout.num_samples
     rows = c.train.prompts_per_step * group
     policy, _ = _architectures(c)
+    meshes = [dict(data=data, fsdp=n // tensor // data, tensor=tensor)
+              for tensor in (1, 2, 4, 8) if n % tensor == 0 and policy.num_kv_heads % tensor == 0
+              for data in (1, 2, 4, 8) if (n // tensor) % data == 0]
+    micros = [m for m in range(group, rows + 1, group) if rows % m == 0]
     results, reuses, scale = [], {}, None
-    for tensor in (t for t in (1, 2, 4, 8) if n % t == 0 and policy.num_kv_heads % t == 0):
-        for data in (d for d in (1, 2, 4, 8) if (n // tensor) % d == 0):
-            mesh = dict(data=data, fsdp=n // tensor // data, tensor=tensor)
-            reuse = reuses.setdefault((data, tensor), {})
-            for micro in (m for m in range(group, rows + 1, group) if rows % m == 0):
-                trial = _trial(c, mesh, micro)
-                if micro % (data * mesh["fsdp"]):
-                    print(f"skip mesh {mesh} micro {micro}: {micro} rows do not shard over "
-                          f"data x fsdp = {data * mesh['fsdp']}", file=sys.stderr)
-                    continue
-                failed = {"mesh": mesh, "micro_batch_size": micro, "fits": False,
-                          "step_roofline_s": math.inf}
-                try:
-                    resident = resident_bytes(trial, devices)
-                    if resident > chip.hbm_bytes:
-                        results.append({**failed, "error": f"the resident state alone needs "
-                                                           f"{resident / GiB:.2f} GiB a chip"})
-                        break
+    bar = tqdm(total=len(meshes) * len(micros), desc="search: mesh x micro-batch",
+               unit="plan", file=sys.stderr)
+    for mesh in meshes:
+        data = mesh["data"]
+        reuse = reuses.setdefault((data, mesh["tensor"]), {})
+        for i, micro in enumerate(micros):
+            bar.update(1)
+            trial = _trial(c, mesh, micro)
+            if micro % (data * mesh["fsdp"]):
+                tqdm.write(f"skip mesh {mesh} micro {micro}: {micro} rows do not shard over "
+                           f"data x fsdp = {data * mesh['fsdp']}", file=sys.stderr)
+                continue
+            failed = {"mesh": mesh, "micro_batch_size": micro, "fits": False,
+                      "step_roofline_s": math.inf}
+            try:
+                resident = resident_bytes(trial, devices)
+                if resident > chip.hbm_bytes:
+                    results.append({**failed, "error": f"the resident state alone needs "
+                                                       f"{resident / GiB:.2f} GiB a chip"})
+                else:
                     results.append(plan(trial, topology, reuse, scale))
                     if scale is None and results[-1]["cost"] == "probed":
                         scale = results[-1]["cost_scale"]
-                except DoesNotFit as e:
-                    results.append({**failed, "error": str(e)})
-                except (ValueError, config_lib.ConfigValueError) as e:
-                    print(f"skip mesh {mesh} micro {micro}: {e}", file=sys.stderr)
-                    continue
-                if not results[-1]["fits"]:
-                    break
+            except DoesNotFit as e:
+                results.append({**failed, "error": str(e)})
+            except (ValueError, config_lib.ConfigValueError) as e:
+                tqdm.write(f"skip mesh {mesh} micro {micro}: {e}", file=sys.stderr)
+                continue
+            if not results[-1]["fits"]:
+                bar.update(len(micros) - i - 1)  # larger micro-batches need more memory
+                break
+    bar.close()
     results.sort(key=lambda r: (not r["fits"], r["step_roofline_s"] or math.inf))
     best = results[0] if results else {}
     if best.get("cost") == "estimated":

@@ -39,10 +39,11 @@ def run_aot(tmp_path, *extra: str, prelude: str = "", topology: str = "v5e-8",
     code = (f"import sys; sys.argv = {argv!r}\nimport alphaalign_jax.aot as aot\n{prelude}\n"
             "from absl import app\napp.run(aot.main)")
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=900)
+                          text=True)  # no timeout: a loaded machine must not fail it
 
 
 @pytest.mark.parametrize("topology, chips", [("v5e-8", 8), ("v4-8", 4)])
+@pytest.mark.slow
 def test_tiny_config_compiles_for_a_slice_and_its_numbers_follow_its_shapes(tmp_path, topology,
                                                                           chips):
     out = run_aot(tmp_path, topology=topology)
@@ -68,6 +69,7 @@ def test_tiny_config_compiles_for_a_slice_and_its_numbers_follow_its_shapes(tmp_
     assert update["flops"] > 20 * decode["flops"]  # 16 x 96 tokens fwd+bwd vs 32 rows x 1 token
 
 
+@pytest.mark.slow
 def test_ppo_plan_compiles_the_critic_and_keeps_it_resident(tmp_path):
     out = run_aot(tmp_path, "--config.algo.mini_batches=2", "--config.model.remat=True",
                   config="configs/smollm2_135m_cpu.py:ppo")
@@ -85,6 +87,7 @@ def test_ppo_plan_compiles_the_critic_and_keeps_it_resident(tmp_path):
     assert programs["critic values"]["flops"] > 0
 
 
+@pytest.mark.slow
 def test_the_safety_judge_is_resident_and_its_forward_compiled(tmp_path):
     """reward.safety_judge (a 2-layer judge here): its weights stay resident, and its forward
     runs over the step's harmful rollouts (8 x 4 x 0.5 = 16, 2 batches of 8) at the length
@@ -105,6 +108,7 @@ def test_the_safety_judge_is_resident_and_its_forward_compiled(tmp_path):
     assert judge["flops"] > 4 * programs["reward model forward"]["flops"]
 
 
+@pytest.mark.slow
 def test_a_scanned_plan_costs_what_one_block_a_layer_costs(tmp_path):
     """XLA's cost analysis counts the scanned layers' loop body once; the plan reads the cost
     from 1- and 2-block probes instead, so a 4-block scanned model (PPO: the critic is scanned
@@ -125,6 +129,7 @@ def test_a_scanned_plan_costs_what_one_block_a_layer_costs(tmp_path):
                                                            rel=0.1)
 
 
+@pytest.mark.slow
 def test_a_plan_that_does_not_fit_fails_naming_the_tensors(tmp_path):
     small = ("import dataclasses\naot.CHIPS['v5e'] = dataclasses.replace(aot.CHIPS['v5e'], "
              "hbm_bytes=1 << 16)")
@@ -188,6 +193,7 @@ for remat in (False, True):
 """
 
 
+@pytest.mark.slow
 def test_remat_keeps_one_block_of_activations_on_a_tpu():
     """The update's backward pass with rematerialised blocks (model.remat), compiled by the TPU
     compiler (whose scheduler is memory-aware, unlike XLA:CPU's): its temporaries shrink from
@@ -203,6 +209,7 @@ SEARCH = ["--search", "--config.train.prompts_per_step=2", "--config.algo.micro_
           "--config.algo.beta=0.0", "--config.reward.helpfulness=none"]
 
 
+@pytest.mark.slow
 def test_search_compiles_each_mesh_and_micro_batch_and_ranks_them(tmp_path):
     """v4-8 (4 devices), 2 prompts x 4 rollouts: 5 (data, fsdp, tensor) meshes (2 KV heads
     bound tensor at 2) x micro-batches 4 and 8; the sampler compiled once a mesh."""
@@ -221,6 +228,7 @@ def test_search_compiles_each_mesh_and_micro_batch_and_ranks_them(tmp_path):
     assert f"mesh {best['mesh']}, micro-batch {best['micro_batch_size']}" in out.stdout
 
 
+@pytest.mark.slow
 def test_search_rules_out_what_cannot_fit_before_compiling_it(tmp_path):
     """With a chip of 1 MB, the data=4 mesh's resident state (unsharded float32 weights and
     Adam, 1.7 MB; 0.4-0.8 MB on the others) rules it out uncompiled; every other mesh stops
@@ -238,3 +246,57 @@ def test_search_rules_out_what_cannot_fit_before_compiling_it(tmp_path):
     pruned = [r for r in results if "resident state alone" in r.get("error", "")]
     assert [tuple(r["mesh"].values()) for r in pruned] == [(4, 1, 1)]
     assert out.stderr.count("compiled update") == 4
+
+
+SAME_UPDATE = """
+import sys, json
+import alphaalign_jax.aot as aot  # first: it points JAX at the bundled libtpu
+import jax
+from alphaalign_jax import train as train_lib
+from alphaalign_jax.config import base_config
+
+c = base_config("grpo")
+c.model.hf_dir, c.data.train_file = sys.argv[1], sys.argv[2]
+c.system_prompt, c.reward.helpfulness = "", "none"
+c.rollout.update(num_samples=2, max_new_tokens=16, max_prompt_len=192)
+c.algo.update(beta=0.04, micro_batch_size=2)
+c.train.update(prompts_per_step=2, plot=False)
+lowered = {}
+update_programs = train_lib.update_programs
+
+def recording(*args, **kwargs):  # the plan's update step, and the arguments it lowers it with
+    step, ref = update_programs(*args, **kwargs)
+
+    class Step:
+        def lower(self, *abstract):
+            lowered["args"] = abstract
+            lowered["plan"] = step.lower(*abstract)
+            return lowered["plan"]
+    return Step(), ref
+
+aot.train_lib.update_programs = recording
+aot.compile_programs(c, jax.devices())
+train_lib.update_programs = update_programs
+trainer = train_lib.Trainer(c, sys.argv[3])
+ran = trainer._train_step.lower(*lowered["args"]).as_text()
+planned = lowered["plan"].as_text()
+print(json.dumps({"same": ran == planned, "lines": len(planned.splitlines()),
+                  "donated": "tf.aliasing_output" in planned}))
+"""
+
+
+@pytest.mark.assets
+@pytest.mark.slow
+def test_the_plan_lowers_the_update_step_the_trainer_runs(tmp_path, smollm2_dir):
+    """The plan's update program and the one a real trainer runs, lowered with the plan's
+    shapes and shardings, are the same StableHLO text (one program: a change to the trainer's
+    step changes the plan)."""
+    from tests.tiny_run import make_tiny_policy, write_prompts
+
+    policy = make_tiny_policy(tmp_path / "policy", smollm2_dir)
+    prompts = write_prompts(tmp_path / "train.jsonl")
+    out = subprocess.run([sys.executable, "-c", SAME_UPDATE, str(policy), str(prompts),
+                          str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["same"] and result["lines"] > 100 and result["donated"], result

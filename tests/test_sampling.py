@@ -351,7 +351,7 @@ def test_clear_errors(tiny):
 
 def test_no_recompiles_within_a_bucket(tiny):
     _, _, _, _, sampler = tiny
-    jitted = (sampler_module._prefill, sampler_module._decode_chunk, sampler_module._grow)
+    jitted = (sampler_module.prefill, sampler_module.decode_loop, sampler_module._grow)
     # Chat-templated lengths 17..23 tokens: one prompt bucket (24).
     prompts = [["What is up?", "Hi"], ["Why?", "Plants and water"], ["Ok", "max_new"],
                ["Different", "Why?"]]
@@ -376,6 +376,7 @@ def test_buckets():
     assert [bucket(n) for n in (1, 2, 3, 5, 7, 9)] == [1, 2, 3, 6, 8, 12]
 
 
+@pytest.mark.slow
 def test_8_device_mesh_gives_the_same_greedy_output(tiny):
     path, _, _, _, sampler = tiny
     prompts = PROMPTS + ["One more", "And the eighth prompt?"]

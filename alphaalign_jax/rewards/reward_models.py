@@ -38,7 +38,7 @@ from __future__ import annotations
 import abc
 import pathlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import jax
@@ -121,6 +121,27 @@ def verdict_logits(model: Transformer, last_hidden: jax.Array, ids: Sequence[int
     return (last_hidden @ columns.astype(last_hidden.dtype)).astype(jnp.float32)
 
 
+def scorer_program(graphdef: nnx.GraphDef,
+                   head: Callable[[Transformer, jax.Array], jax.Array]) -> Callable:
+    """The jitted forward of a scoring model (reward model, judge): ``(state, ids, mask)`` ->
+    ``[B]`` float32 scores, ``head`` applied to the final-norm hidden state at each row's last
+    real token. The trainer's scorers run it and the AOT planner lowers it: one program."""
+
+    def forward(state: nnx.State, ids: jax.Array, mask: jax.Array) -> jax.Array:
+        merged = nnx.merge(graphdef, state)
+        return head(merged, last_token_hidden(merged, ids, mask)).astype(jnp.float32)
+
+    return jax.jit(forward)
+
+
+def yes_minus_no(model: Transformer, last_hidden: jax.Array, yes_ids: Sequence[int],
+                 no_ids: Sequence[int]) -> jax.Array:
+    """A judge's ``[B]`` log p(yes) - log p(no) over the spellings of each verdict."""
+    logits = verdict_logits(model, last_hidden, tuple(yes_ids) + tuple(no_ids))
+    return (jax.nn.logsumexp(logits[:, :len(yes_ids)], axis=-1)
+            - jax.nn.logsumexp(logits[:, len(yes_ids):], axis=-1))
+
+
 class BucketedTransformerRM(abc.ABC):
     """Chat formatting, answer-side truncation, bucketed padding and one jitted
     forward that reads the final-norm hidden state at each row's last real token.
@@ -141,12 +162,11 @@ class BucketedTransformerRM(abc.ABC):
         self.num_truncated = 0  # answers shortened to fit max_length
         graphdef, self._state = nnx.split(model)
 
-        def forward(state: nnx.State, ids: jax.Array, mask: jax.Array) -> jax.Array:
-            self.num_traces += 1
-            merged = nnx.merge(graphdef, state)
-            return self.head(merged, last_token_hidden(merged, ids, mask)).astype(jnp.float32)
+        def counted_head(model: Transformer, last_hidden: jax.Array) -> jax.Array:
+            self.num_traces += 1  # runs when the forward is traced, once a compile
+            return self.head(model, last_hidden)
 
-        self._forward = jax.jit(forward)
+        self._forward = scorer_program(graphdef, counted_head)
 
     @abc.abstractmethod
     def render(self, prompt: str, answer: str) -> str:
@@ -276,10 +296,7 @@ class LMJudgeRM(BucketedTransformerRM):
             [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
 
     def head(self, model: Transformer, last_hidden: jax.Array) -> jax.Array:
-        logits = verdict_logits(model, last_hidden, self.yes_ids + self.no_ids)
-        n_yes = len(self.yes_ids)
-        return (jax.nn.logsumexp(logits[:, :n_yes], axis=-1)
-                - jax.nn.logsumexp(logits[:, n_yes:], axis=-1))
+        return yes_minus_no(model, last_hidden, self.yes_ids, self.no_ids)
 
 
 def _single_token_ids(tokenizer: Any, variants: Sequence[str]) -> tuple[int, ...]:

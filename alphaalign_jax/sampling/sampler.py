@@ -186,7 +186,7 @@ class Rollouts:
                 np.concatenate([self.prompt_mask, self.completion_mask], axis=1))
 
 
-class _Controls(NamedTuple):
+class Controls(NamedTuple):
     """Per-call settings passed as traced arguments (changing them does not recompile)."""
 
     temperature: Array  # [] float32
@@ -196,7 +196,7 @@ class _Controls(NamedTuple):
     stop: StopTables | None
 
 
-class _DecodeState(NamedTuple):
+class DecodeState(NamedTuple):
     """Everything the decode loop carries; N rows, L cache slots, C output columns."""
 
     prompts: SharedPrefix  # N / G prompts' caches and masks, W slots (the prompt bucket)
@@ -213,7 +213,7 @@ class _DecodeState(NamedTuple):
     key: Array  # PRNG key; step t uses fold_in(key, t)
 
 
-def _constrain(st: _DecodeState, mesh: Mesh | None) -> _DecodeState:
+def _constrain(st: DecodeState, mesh: Mesh | None) -> DecodeState:
     """Pin the row axis of the decode state to the mesh's batch axes (GSPMD does the rest)."""
     if mesh is None:
         return st
@@ -231,7 +231,7 @@ def _constrain(st: _DecodeState, mesh: Mesh | None) -> _DecodeState:
                        **{f: rows(getattr(st, f)) for f in per_row})
 
 
-def _emit(st: _DecodeState, scaled: Array, ctl: _Controls, mode: SamplingMode) -> _DecodeState:
+def _emit(st: DecodeState, scaled: Array, ctl: Controls, mode: SamplingMode) -> DecodeState:
     """Choose token ``st.step`` of every row from its scaled logits; record why rows stop."""
     tokens, logp, sampler_logp = choose_tokens(scaled, jax.random.fold_in(st.key, st.step),
                                                ctl.top_p, mode)
@@ -254,8 +254,8 @@ def _emit(st: _DecodeState, scaled: Array, ctl: _Controls, mode: SamplingMode) -
                        step=st.step + 1)
 
 
-def _decode_step(model: Transformer, st: _DecodeState, ctl: _Controls, mode: SamplingMode,
-                 mesh: Mesh | None) -> _DecodeState:
+def decode_step(model: Transformer, st: DecodeState, ctl: Controls, mode: SamplingMode,
+                 mesh: Mesh | None) -> DecodeState:
     """Feed the last emitted token through the model (one cache slot), emit the next one."""
     slot = st.step - 1
     last = jax.lax.dynamic_slice_in_dim(st.tokens, slot, 1, axis=1)
@@ -269,11 +269,12 @@ def _decode_step(model: Transformer, st: _DecodeState, ctl: _Controls, mode: Sam
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mode", "num_samples", "cache_len",
                                              "out_len", "mesh"))
-def _prefill(graphdef: nnx.GraphDef, params: nnx.State, ids: Array, mask: Array, key: Array,
-             ctl: _Controls, *, mode: SamplingMode, num_samples: int, cache_len: int,
-             out_len: int, mesh: Mesh | None) -> _DecodeState:
+def prefill(graphdef: nnx.GraphDef, params: nnx.State, ids: Array, mask: Array, key: Array,
+             ctl: Controls, *, mode: SamplingMode, num_samples: int, cache_len: int,
+             out_len: int, mesh: Mesh | None) -> DecodeState:
     """Prefill ``[B, P]`` prompts once, emit completion token 0 of each of their samples;
-    ``cache_len`` completion slots."""
+    ``cache_len`` completion slots. Public, like :func:`decode_loop` and :func:`decode_step`:
+    the AOT planner (aot.py) lowers these very programs for a TPU slice."""
     _TRACES["prefill"] += 1
     model = nnx.merge(graphdef, params)
     batch, width = ids.shape
@@ -286,7 +287,7 @@ def _prefill(graphdef: nnx.GraphDef, params: nnx.State, ids: Array, mask: Array,
         return jnp.repeat(x, num_samples, axis=0)
 
     rows = batch * num_samples
-    st = _DecodeState(
+    st = DecodeState(
         prompts=SharedPrefix(cache, mask.astype(jnp.bool_)),
         cache=init_cache(model.config, rows, cache_len, model.dtype),
         kv_mask=jnp.zeros((rows, cache_len), jnp.bool_),
@@ -302,21 +303,21 @@ def _prefill(graphdef: nnx.GraphDef, params: nnx.State, ids: Array, mask: Array,
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mode", "mesh"), donate_argnames=("st",))
-def _decode_chunk(graphdef: nnx.GraphDef, params: nnx.State, st: _DecodeState, ctl: _Controls,
-                  *, mode: SamplingMode, mesh: Mesh | None) -> _DecodeState:
+def decode_loop(graphdef: nnx.GraphDef, params: nnx.State, st: DecodeState, ctl: Controls,
+                  *, mode: SamplingMode, mesh: Mesh | None) -> DecodeState:
     """Decode until every row is done or the cache (of static size L) is full."""
-    _TRACES["decode_chunk"] += 1
+    _TRACES["decode_loop"] += 1
     model = nnx.merge(graphdef, params)
     slots = st.kv_mask.shape[1]
 
-    def more(s: _DecodeState) -> Array:
+    def more(s: DecodeState) -> Array:
         return (s.step - 1 < slots) & (s.reason == _RUNNING).any()
 
-    return jax.lax.while_loop(more, lambda s: _decode_step(model, s, ctl, mode, mesh), st)
+    return jax.lax.while_loop(more, lambda s: decode_step(model, s, ctl, mode, mesh), st)
 
 
 @functools.partial(jax.jit, static_argnames=("slots", "mesh"))
-def _grow(st: _DecodeState, *, slots: int, mesh: Mesh | None) -> _DecodeState:
+def _grow(st: DecodeState, *, slots: int, mesh: Mesh | None) -> DecodeState:
     """Copy the cache into one with ``slots`` slots (the new ones empty and masked)."""
     _TRACES["grow"] += 1
     extra = slots - st.kv_mask.shape[1]
@@ -459,7 +460,7 @@ class Sampler:
 
         eos = default_eos_ids(self.config, self.tokenizer) if eos_token_ids is None \
             else tuple(eos_token_ids)
-        ctl = _Controls(jnp.float32(temperature), jnp.float32(top_p), jnp.int32(max_new_tokens),
+        ctl = Controls(jnp.float32(temperature), jnp.float32(top_p), jnp.int32(max_new_tokens),
                         jnp.asarray(eos or (-1,), jnp.int32), self._stop(stop_strings))
         mode = SamplingMode(greedy=greedy, top_k=0 if greedy else top_k,
                             top_p=not greedy and top_p < 1)
@@ -470,7 +471,7 @@ class Sampler:
         if self.mesh is not None:
             device_ids = jax.device_put(ids, shd.batch_sharding(self.mesh, 2, batch))
             device_mask = jax.device_put(mask, shd.batch_sharding(self.mesh, 2, batch))
-        st = _prefill(self.graphdef, params, device_ids, device_mask, jax.random.key(seed), ctl,
+        st = prefill(self.graphdef, params, device_ids, device_mask, jax.random.key(seed), ctl,
                       mode=mode, num_samples=num_samples, cache_len=slots,
                       out_len=bucket(max_new_tokens, 16), mesh=self.mesh)
         prefilled = None
@@ -482,7 +483,7 @@ class Sampler:
             if step - 1 >= slots:  # the cache is full: next bucket
                 slots = min(bucket(step, self.min_cache_slots), most)
                 st = _grow(st, slots=slots, mesh=self.mesh)
-            st = _decode_chunk(self.graphdef, params, st, ctl, mode=mode, mesh=self.mesh)
+            st = decode_loop(self.graphdef, params, st, ctl, mode=mode, mesh=self.mesh)
         decoded = time.perf_counter()
         rollouts = self._rollouts(st, ids, mask, len(encoded), num_samples, max_new_tokens)
         self.last_timing = {"prefill_s": prefilled - start, "decode_s": decoded - prefilled,
@@ -490,7 +491,7 @@ class Sampler:
                             "detokenize_s": time.perf_counter() - decoded}
         return rollouts
 
-    def _rollouts(self, st: _DecodeState, ids: np.ndarray, mask: np.ndarray, num_prompts: int,
+    def _rollouts(self, st: DecodeState, ids: np.ndarray, mask: np.ndarray, num_prompts: int,
                   num_samples: int, max_new_tokens: int) -> Rollouts:
         rows = num_prompts * num_samples
         tokens, logp, sampler_logp, reason, length = (
