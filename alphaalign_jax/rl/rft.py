@@ -22,9 +22,9 @@ every prompt of ``rft.rounds`` training batches gets one, the class's one-senten
 (``rewards.CLASS_REASONING``) and then the template's refusal on a harmful prompt or, on a
 benign one, the policy's own greedy answer to the bare question (no template), cut to whole
 sentences within the budget. The scaffolded samples give few targets, most of them the same
-refusal string, and a policy fine-tuned on them refuses every question (docs/learning.md,
-section 18); the labels give one target per prompt, half of them answers, so what the
-fine-tuning has to learn is which questions to refuse.
+refusal string, and a policy fine-tuned on them learns that refusing is what a target looks
+like and refuses every question; the labels give one target per prompt, half of them answers,
+so what the fine-tuning has to learn is which questions to refuse.
 
 The selection and the packing of targets into update batches are pure functions, tested on
 their own; ``collect``, ``collect_labelled`` and ``fine_tune`` run them with the trainer's
