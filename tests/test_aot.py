@@ -147,6 +147,7 @@ def test_unknown_topology_is_one_line(tmp_path):
         "v5e-64, v5e-128, v5e-256"]
 
 
+@pytest.mark.slow
 def test_the_compilers_out_of_memory_is_a_does_not_fit_report(tmp_path):
     """What the TPU compiler says for the paper's Qwen2.5-3B update on v5e-16 (measured:
     102.60G of temporaries against 15.75G of HBM) ends in one line, not a traceback."""

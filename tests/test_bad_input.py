@@ -123,6 +123,7 @@ def existing(tmp_path) -> pathlib.Path:
 
 @pytest.mark.assets
 @pytest.mark.parametrize("argv, named", TRAIN, ids=[" ".join(a[1:] or a) for a, _ in TRAIN])
+@pytest.mark.slow
 def test_train(argv, named, existing, tmp_path, smollm2_dir):
     (tmp_path / "bad_row.jsonl").write_text(
         json.dumps({"prompt": "Hi", "label": "benign", "source": "t", "id": "1"}) + "\n"
@@ -136,6 +137,7 @@ def test_train(argv, named, existing, tmp_path, smollm2_dir):
 
 @pytest.mark.assets
 @pytest.mark.parametrize("argv, named", EVALUATE, ids=[" ".join(a) for a, _ in EVALUATE])
+@pytest.mark.slow
 def test_evaluate(argv, named, existing, smollm2_dir):
     before = snapshot(existing)
     model = [] if "--model" in argv else ["--model", str(smollm2_dir)]
@@ -147,6 +149,7 @@ def test_evaluate(argv, named, existing, smollm2_dir):
 
 @pytest.mark.assets
 @pytest.mark.parametrize("argv, named", AOT, ids=[" ".join(a) for a, _ in AOT])
+@pytest.mark.slow
 def test_aot(argv, named, tmp_path, smollm2_dir):
     argv = [CONFIG, *([] if any(a.startswith("--topology") for a in argv)
                       else ["--topology=v5e-8"]), *argv]
@@ -159,6 +162,7 @@ def test_aot(argv, named, tmp_path, smollm2_dir):
 
 @pytest.mark.assets
 @pytest.mark.parametrize("argv, named", CONVERT, ids=[" ".join(a) for a, _ in CONVERT])
+@pytest.mark.slow
 def test_convert(argv, named, existing, smollm2_dir):
     before = snapshot(existing)
     result = run("tools.convert_checkpoint", [a.format(out=existing, smollm2=smollm2_dir)

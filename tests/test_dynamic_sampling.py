@@ -40,6 +40,7 @@ def config(tiny_files, steps: int, rounds: int = 3):
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_zero_variance_groups_are_dropped_and_refilled(tiny_files, tmp_path):
     trainer = train_lib.Trainer(config(tiny_files, steps=2), tmp_path,
                                 reward_fn=benign_only_signal)
@@ -55,6 +56,7 @@ def test_zero_variance_groups_are_dropped_and_refilled(tiny_files, tmp_path):
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_shortfall_is_masked_out_of_the_loss(tiny_files, tmp_path):
     def constant(records, texts):
         return np.ones((len(records), len(texts[0])), np.float32), {"reward/total": 1.0}
@@ -68,6 +70,7 @@ def test_shortfall_is_masked_out_of_the_loss(tiny_files, tmp_path):
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_resume_with_dynamic_sampling_is_exact(tiny_files, tmp_path):
     full, split = tmp_path / "full", tmp_path / "split"
     train_lib.Trainer(config(tiny_files, steps=4), full, reward_fn=benign_only_signal).run()

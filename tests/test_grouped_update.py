@@ -49,6 +49,7 @@ def stacked_layers(state) -> dict:
 
 @pytest.mark.parametrize("remat, scan_layers", [(False, False), (True, False), (False, True),
                                                 (True, True)])
+@pytest.mark.slow
 def test_grouped_pass_equals_full_forward_with_gradients(remat, scan_layers):
     """The reference is always the full forward with one block a layer."""
     graphdef, params, rest = nnx.split(Transformer(CFG, rngs=nnx.Rngs(1)), nnx.Param, ...)
@@ -123,6 +124,7 @@ def assert_same_update(a, b, atol=1e-6):
     assert float(metrics_b["grad_norm"]) > 1e-3
 
 
+@pytest.mark.slow
 def test_the_update_with_rematerialised_or_scanned_blocks_equals_the_plain_one():
     # SGD, as below: with Adam a gradient element near its eps (~1e-8) gets a step of any size
     # from summation-order noise (seen: 1.7e-6 on one of 2048 elements on an AVX-512 host).
@@ -135,6 +137,7 @@ def test_the_update_with_rematerialised_or_scanned_blocks_equals_the_plain_one()
 
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "dr_grpo"])
+@pytest.mark.slow
 def test_completion_columns_past_the_longest_change_nothing(aggregation):
     """The trainer cuts completions to a bucket of the longest one (not max_new_tokens): the
     columns cut are masked padding, and the step is the same without them (dr_grpo's

@@ -24,6 +24,7 @@ def test_mesh_shapes_and_rules_errors():
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "llama"])
+@pytest.mark.slow
 def test_8_device_mesh_matches_single_device(tmp_path, kind):
     make_tiny_hf(kind, tmp_path)
     ids, mask = left_padded_batch(np.random.default_rng(0), 256, [9, 16, 3, 12, 16, 1, 7, 5])

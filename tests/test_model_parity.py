@@ -40,6 +40,7 @@ def test_tiny_family_logit_parity(tiny_hf, scan_layers):
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
+@pytest.mark.slow
 def test_cached_prefill_and_decode_match_full_forward(tmp_path, scan_layers):
     from tests.conftest import make_tiny_hf
 
@@ -68,6 +69,7 @@ def test_cached_prefill_and_decode_match_full_forward(tmp_path, scan_layers):
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_smollm2_real_text_parity(smollm2_dir):
     import transformers
 

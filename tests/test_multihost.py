@@ -22,6 +22,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_two_processes_match_one_process(tiny_setup, tmp_path):  # noqa: F811
     overrides = tiny_overrides(*tiny_setup, steps=2) + ["--config.mesh.fsdp=2",
                                                         "--config.train.async_checkpointing=False"]

@@ -159,6 +159,7 @@ def parse(argv: list[str]) -> list[str]:
             else ["error", result.stderr])
 
 
+@pytest.mark.slow
 def test_a_variant_sets_its_values_before_the_overrides():
     config = str(REPO / "configs" / "smollm2_135m_cpu.py")
     assert parse([f"--config={config}:dapo"])[:2] == ["dapo", "0.28"]

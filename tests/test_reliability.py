@@ -64,6 +64,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_two_trainers_on_one_workdir(tiny, tmp_path, uninterrupted):
     """Reliability defect 1: the second trainer deleted the first's checkpoint."""
     first = train_lib.Trainer(tiny_config(tiny, 6), tmp_path)
@@ -76,6 +77,7 @@ def test_two_trainers_on_one_workdir(tiny, tmp_path, uninterrupted):
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(tiny, tmp_path, uninterrupted,
                                                               caplog):
     """Defect 2: flipped bytes restored silently; a truncated file gave an orbax traceback."""
@@ -105,6 +107,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tiny, tmp_path, un
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_resume_after_fallback_equals_an_uninterrupted_run(tiny, tmp_path, uninterrupted):
     train_lib.Trainer(tiny_config(tiny, 4), tmp_path).run()
     (tmp_path / "checkpoints" / "4" / MANIFEST).write_text('{"files": {}}')  # unverifiable
@@ -187,6 +190,7 @@ def test_misspelt_override_is_one_line(tmp_path):
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_sigterm_while_loading_exits_cleanly(tiny, tmp_path):
     import signal
     import subprocess
@@ -220,6 +224,7 @@ def test_checkpoints_name_their_tokenizer_by_absolute_path(tiny, tmp_path, monke
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_non_finite_loss_names_the_last_verified_checkpoint(tiny, tmp_path):
     """Defect 2: the NaN message named the damaged checkpoint as the latest good one."""
     import jax
@@ -347,6 +352,7 @@ def warm_uninterrupted(tiny):
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_1_sigterm_during_the_warm_start_saves_nothing_and_the_resume_redoes_it(
         tiny, tmp_path, warm_uninterrupted, monkeypatch):
     """Failure 1: a SIGTERM during the warm start dropped its result, then "checkpoint saved"
@@ -370,6 +376,7 @@ def test_1_sigterm_during_the_warm_start_saves_nothing_and_the_resume_redoes_it(
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_1_sigterm_during_the_step_0_save_finishes_it_and_says_so(tiny, tmp_path,
                                                                   warm_uninterrupted,
                                                                   monkeypatch):
@@ -396,6 +403,7 @@ def test_1_sigterm_during_the_step_0_save_finishes_it_and_says_so(tiny, tmp_path
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_2_an_unsealed_damaged_checkpoint_is_set_aside_never_restored_or_sealed(
         tiny, tmp_path, uninterrupted, caplog):
     """Failure 2: with its manifest removed and a parameter file damaged, the newest checkpoint
@@ -461,6 +469,7 @@ def test_3_evaluate_and_export_refuse_an_unverified_checkpoint(tiny, tmp_path, u
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_4_a_torn_metrics_line_and_later_steps_are_kept_aside_on_resume(tiny, tmp_path,
                                                                         uninterrupted):
     """Failure 4: a torn last line in metrics.jsonl (a full disk mid-write) crashed every
@@ -487,6 +496,7 @@ def fill_disk(directory: pathlib.Path, leave: int) -> None:
 @pytest.mark.assets
 # orbax's background writer, failed, leaves an asyncio callback for a loop already closed
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.slow
 def test_4_a_full_disk_during_a_checkpoint_write_leaves_the_last_one_intact(
         tiny, tmp_path, uninterrupted, monkeypatch):
     """The other half of failure 4, on a real full disk (a small tmpfs): the write of
@@ -524,6 +534,7 @@ def test_4_a_full_disk_during_a_checkpoint_write_leaves_the_last_one_intact(
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_5_resuming_with_another_algorithm_is_refused_and_harmless_changes_recorded(
         tiny, tmp_path, capsys):
     """Failure 5: ':ppo' on a GRPO workdir set its checkpoints aside, restarted from step 0

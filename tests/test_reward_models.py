@@ -250,6 +250,7 @@ def test_factory_and_protocol():
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_smollm2_judge_prefers_helpful_answers(smollm2_dir):
     judge = LMJudgeRM(smollm2_dir, max_length=256, batch_size=16)
     assert isinstance(judge, RewardModel)
@@ -267,6 +268,7 @@ def test_smollm2_judge_prefers_helpful_answers(smollm2_dir):
     assert margins.mean() > 0
 
 
+@pytest.mark.slow
 def test_sharded_scores_match_single_device(tiny_rm, tiny_tok):
     """On an 8-device (data, fsdp, tensor) mesh the scores equal the 1-device ones."""
     from tests.multidevice import run_on_8_devices

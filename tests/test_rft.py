@@ -144,6 +144,7 @@ def tiny_files(tmp_path_factory, smollm2_dir):
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_warm_start_fits_its_targets_and_is_saved_once(tiny_files, tmp_path, monkeypatch):
     """A random policy never writes the tags, so every sample is kept here (the selection is
     tested above): the warm start must lower the NLL of its targets epoch by epoch, be saved as
@@ -216,6 +217,7 @@ def test_targets_file_is_reverified_and_errors_name_the_line(tmp_path):
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_warm_start_from_a_targets_file_skips_sampling(tiny_files, tmp_path, monkeypatch):
     """``rft.targets_file``: a previous warm start's kept samples are fine-tuned on (balanced:
     the one benign target is repeated to the two harmful ones) without sampling a round."""
@@ -242,6 +244,7 @@ def test_targets_file_with_sampling_rounds_is_a_config_error():
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_kl_reference_is_the_warm_started_policy_across_a_resume(tiny_files, tmp_path):
     """With a KL term after a warm start, the reference is the warm-started policy (kept in
     <workdir>/warm_start), not the base model, in the first run and after a resume."""
@@ -357,6 +360,7 @@ def test_labelled_targets_need_room_and_a_prefix_the_targets_begin_with():
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_warm_start_from_labels_in_the_trainer(tiny_files, tmp_path, monkeypatch):
     """``rft.targets_from="labels"``: no scaffold is sampled; each prompt of the batch gets its
     label's target (the random policy's plain answers have no whole sentence, so only the

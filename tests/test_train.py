@@ -71,6 +71,7 @@ def uninterrupted(tiny_setup, algorithm, tmp_path_factory):
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_run_writes_metrics_checkpoints_and_never_recompiles(uninterrupted, algorithm):
     workdir, rows = uninterrupted
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
@@ -95,6 +96,7 @@ def test_run_writes_metrics_checkpoints_and_never_recompiles(uninterrupted, algo
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_resume_gives_identical_metrics(tiny_setup, algorithm, uninterrupted, tmp_path):
     _, full = uninterrupted
     run_train(tmp_path, overrides(tiny_setup, algorithm, steps=2), config_arg=algorithm)
@@ -115,6 +117,7 @@ def _wait_for(predicate, proc, timeout=600):
 
 @pytest.mark.assets
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.slow
 def test_killed_run_resumes_exactly(tiny_setup, algorithm, uninterrupted, tmp_path, sig):
     _, full = uninterrupted
     proc = subprocess.Popen(train_command(tmp_path, overrides(tiny_setup, algorithm), algorithm),
@@ -135,6 +138,7 @@ def test_killed_run_resumes_exactly(tiny_setup, algorithm, uninterrupted, tmp_pa
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_8_device_mesh_gives_the_same_losses(tiny_setup, algorithm, uninterrupted, tmp_path):
     _, full = uninterrupted
     run_train(tmp_path, overrides(tiny_setup, algorithm) + [
@@ -157,6 +161,7 @@ def test_8_device_mesh_gives_the_same_losses(tiny_setup, algorithm, uninterrupte
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_scanned_layers_train_shard_and_resume_like_the_plain_run(tiny_setup, algorithm,
                                                                   uninterrupted, tmp_path):
     """model.scan_layers on the 8-device mesh, stopped after step 2 and resumed from its
@@ -201,6 +206,7 @@ def test_config_validation_names_the_field():
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_resuming_with_another_model_is_refused_naming_the_field(tiny_setup, uninterrupted,
                                                                   tmp_path):
     import json
@@ -249,6 +255,7 @@ def test_non_finite_gradient_is_not_applied():
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_trained_checkpoint_exports_to_transformers(uninterrupted, tmp_path):
     import torch
     import transformers
@@ -365,6 +372,7 @@ def test_help_lists_fields_options_and_example_and_smoke_is_short_only():
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_no_learning_signal_is_named_and_the_run_is_evaluated_and_exported(tiny_setup, tmp_path,
                                                                           monkeypatch):
     """Every group's rewards equal for 3 steps: one 'no learning signal' warning. After the

@@ -87,6 +87,7 @@ def _config(tiny, steps: int):
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_a_run_validates_its_checkpoints_on_prompts_it_never_trains_on(tiny, tmp_path):
     trainer = train_lib.Trainer(_config(tiny, 4), tmp_path)
     held = {r.id for r in trainer.validation_records}
@@ -99,6 +100,7 @@ def test_a_run_validates_its_checkpoints_on_prompts_it_never_trains_on(tiny, tmp
 
 
 @pytest.mark.assets
+@pytest.mark.slow
 def test_the_selected_checkpoint_outlives_rotation_and_a_resumed_run_selects_alike(
         tiny, tmp_path, monkeypatch):
     """Validation gaps 0.1, 0.7, 0.3 at steps 2, 4, 6: step 4 is selected, kept beside the
