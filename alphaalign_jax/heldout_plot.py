@@ -48,7 +48,8 @@ def plot_heldout(entries: list[tuple[str, dict, dict]], out: pathlib.Path,
     """Each entry (name, rates, sizes) a column in every panel; a panel's series (for example
     the verifier's and the wide refusal count) side by side with their own markers. A rate
     without its prompt count is drawn without a whisker. ``colors``: a name's colour (the
-    same run drawn in the same colour as in its curves); grey for the rest."""
+    same run drawn in the same colour as in its curves); a name without one is grey if it
+    starts with ``base`` (the base model), else the next colour no run has."""
     import matplotlib
 
     matplotlib.use("Agg")
