@@ -105,7 +105,10 @@ def get_config(arg: str = ""):
         c.train.steps = 20
         c.train.checkpoint_every = 5
     if "smoke" in options:  # every phase once, as small as it runs: plumbing, not learning
-        c.rollout.update(num_samples=4, max_new_tokens=48)
+        c.rollout.update(num_samples=2, max_new_tokens=48)
+        c.algo.micro_batch_size = 4  # the whole step: 2 prompts x 2 rollouts
+        # One block in each program for all 30 layers: the update compiles in ~7 s, not ~30 s.
+        c.model.scan_layers = True
         c.rft.update(rounds=1, epochs=1, min_kept=1)
         c.train.update(steps=2, prompts_per_step=2, checkpoint_every=2, eval_prompts=4,
                        eval_new_tokens=32, export_hf=True)
