@@ -67,8 +67,10 @@ from alphaalign_jax.rewards.reward_models import (  # noqa: E402
     yes_minus_no,
 )
 from alphaalign_jax.rl import algorithms  # noqa: E402
+from alphaalign_jax import settings as settings_lib  # noqa: E402
+from alphaalign_jax.rl import programs as programs_lib  # noqa: E402
 from alphaalign_jax.rl.critic import critic_programs  # noqa: E402
-from alphaalign_jax.rl.optim import config_optimizer  # noqa: E402
+from alphaalign_jax.rl.optim import optimizer  # noqa: E402
 from alphaalign_jax.rl.step import UpdateBatch  # noqa: E402
 from alphaalign_jax.sampling import sampler as sampler_lib  # noqa: E402
 
@@ -225,7 +227,7 @@ def _policy_state(c: ml_collections.ConfigDict, policy: ModelConfig, mesh):
     """The abstract policy (graphdef, params, rest) and its optimizer (tx, state shardings,
     state), sharded by the project's rules."""
     graphdef, params, rest = _model_state(policy, c.model.dtype, c.model.param_dtype, mesh)
-    tx, _ = config_optimizer(c)
+    tx, _ = optimizer(settings_lib.optimizer_settings(c))
     opt_sh = shd.optimizer_shardings(tx, params, mesh)
     return graphdef, params, rest, tx, opt_sh, _abstract(jax.eval_shape(tx.init, params), opt_sh)
 
@@ -276,8 +278,8 @@ def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device],
     width = sampler_lib.bucket(c.rollout.max_prompt_len, 16)
     new = c.rollout.max_new_tokens
     graphdef, params, rest, tx, opt_sh, opt_state = _policy_state(c, policy, mesh)
-    step, reference = train_lib.update_programs(
-        c, graphdef, tx, mesh, param_shardings=shd.shardings_of(params),
+    step, reference = programs_lib.update_programs(
+        settings_lib.update_settings(c), graphdef, tx, mesh, param_shardings=shd.shardings_of(params),
         opt_shardings=opt_sh)
 
     def rows(shape, dtype):
@@ -367,10 +369,11 @@ def _critic_programs(c, policy: ModelConfig, mesh, update_batch, micro_batches: 
     rollout batch and its update on a mini-batch; its parameters and Adam state stay resident."""
     graphdef, params, rest = _model_state(dataclasses.replace(policy, num_labels=1),
                                           c.model.dtype, c.model.param_dtype, mesh)
-    tx, _ = config_optimizer(c, learning_rate=c.optim.critic_learning_rate)
+    settings = settings_lib.critic_settings(c)
+    tx, _ = optimizer(settings.optimizer)
     opt_sh = shd.optimizer_shardings(tx, params, mesh)
     opt_state = _abstract(jax.eval_shape(tx.init, params), opt_sh)
-    values, step = critic_programs(c, graphdef, tx, mesh,
+    values, step = critic_programs(settings, graphdef, tx, mesh,
                                    param_shardings=shd.shardings_of(params), opt_shardings=opt_sh)
     state_bytes["critic parameters"] = _per_device_bytes(params)
     state_bytes["critic optimizer state"] = _per_device_bytes(opt_state)
@@ -545,9 +548,11 @@ def search(c: ml_collections.ConfigDict, topology: str) -> list[dict[str, Any]]:
         for i, micro in enumerate(micros):
             bar.update(1)
             trial = _trial(c, mesh, micro)
+            problem = next(config_lib.problems(trial, num_devices=n), None)
             if micro % (data * mesh["fsdp"]):
-                tqdm.write(f"skip mesh {mesh} micro {micro}: {micro} rows do not shard over "
-                           f"data x fsdp = {data * mesh['fsdp']}", file=sys.stderr)
+                problem = f"{micro} rows do not shard over data x fsdp = {data * mesh['fsdp']}"
+            if problem:
+                tqdm.write(f"skip mesh {mesh} micro {micro}: {problem}", file=sys.stderr)
                 continue
             failed = {"mesh": mesh, "micro_batch_size": micro, "fits": False,
                       "step_roofline_s": math.inf}
@@ -562,9 +567,6 @@ def search(c: ml_collections.ConfigDict, topology: str) -> list[dict[str, Any]]:
                         scale = results[-1]["cost_scale"]
             except DoesNotFit as e:
                 results.append({**failed, "error": str(e)})
-            except (ValueError, config_lib.ConfigValueError) as e:
-                tqdm.write(f"skip mesh {mesh} micro {micro}: {e}", file=sys.stderr)
-                continue
             if not results[-1]["fits"]:
                 bar.update(len(micros) - i - 1)  # larger micro-batches need more memory
                 break

@@ -15,9 +15,12 @@ import argparse
 import json
 import pathlib
 import sys
+import time
+from collections.abc import Iterator
 from typing import NoReturn
 
 import ml_collections
+from absl import logging
 
 from alphaalign_jax.rewards import DEFAULT_REFUSAL_PHRASES, DEFAULT_SAFETY_TEMPLATE, MARKER_SCOPES
 from alphaalign_jax.rewards.verifiers import REASONING_OPEN
@@ -194,129 +197,145 @@ def _require(ok: bool, field: str, message: str) -> None:
 
 
 def validate(c: ml_collections.ConfigDict, num_devices: int = 1) -> None:
-    """Check every value and the sizes that must agree; raise naming the field."""
+    """Check every value and the sizes that must agree; raise the first problem."""
+    first = next(problems(c, num_devices), None)
+    if first is not None:
+        raise ConfigValueError(first)
+
+
+def problems(c: ml_collections.ConfigDict, num_devices: int = 1) -> Iterator[str]:
+    """Each value out of range or inconsistent with another, as ``config.<field>: <what is
+    wrong>``, in order; a check may assume the ones before it passed, so read the first."""
+    for ok, field, message in _checks(c, num_devices):
+        if not ok:
+            yield f"config.{field}: {message}"
+
+
+def _checks(c: ml_collections.ConfigDict, num_devices: int) -> Iterator[tuple[bool, str, str]]:
+    """(holds, field, what is required), one check at a time: lazily, so a check runs only
+    when those before it held."""
     r, a, t, o = c.rollout, c.algo, c.train, c.optim
-    _require(c.model.dtype in ("float32", "bfloat16"), "model.dtype",
-             f"'{c.model.dtype}' is not float32 or bfloat16")
-    _require(c.model.param_dtype in ("float32", "bfloat16"), "model.param_dtype",
-             f"'{c.model.param_dtype}' is not float32 or bfloat16")
+    yield (c.model.dtype in ("float32", "bfloat16"), "model.dtype",
+           f"'{c.model.dtype}' is not float32 or bfloat16")
+    yield (c.model.param_dtype in ("float32", "bfloat16"), "model.param_dtype",
+           f"'{c.model.param_dtype}' is not float32 or bfloat16")
     for axis in ("data", "fsdp", "tensor"):
-        _require(c.mesh[axis] >= 1 or c.mesh[axis] == -1, f"mesh.{axis}",
-                 f"must be >= 1, or -1 for the devices left, got {c.mesh[axis]}")
-    _require(list(c.mesh.values()).count(-1) <= 1, "mesh",
-             "at most one axis may be -1 (the devices the others leave)")
-    _require(0.0 <= c.data.harmful_fraction <= 1.0, "data.harmful_fraction", "must be in [0, 1]")
-    _require(isinstance(c.data.seed, int) and not isinstance(c.data.seed, bool)
-             and c.data.seed >= 0, "data.seed", f"must be >= 0 and an int, got {c.data.seed!r}")
-    _require(0.0 <= c.data.restate_forms <= 1.0, "data.restate_forms", "must be in [0, 1]")
-    _require(isinstance(c.data.validation_prompts, int) and c.data.validation_prompts >= 0,
-             "data.validation_prompts", "must be an int >= 0 (0: no validation)")
-    _require(c.train.select in SELECT, "train.select", f"'{c.train.select}' is not one of {SELECT}")
-    _require(c.train.select == "last" or c.data.validation_prompts > 0, "train.select",
-             "'validation' needs held-back prompts: set data.validation_prompts > 0")
-    _require(c.train.seed >= 0, "train.seed", f"must be >= 0, got {c.train.seed}")
-    _require(c.reward.rm_batch_size >= 1, "reward.rm_batch_size", "must be >= 1")
-    _require(c.reward.rm_max_len >= 1, "reward.rm_max_len", "must be >= 1")
-    _require(c.algo.logprob_chunk >= 1, "algo.logprob_chunk",
-             "must be >= 1 (vocabulary rows per log-prob chunk)")
-    _require("{prompt}" in c.template, "template", "must contain the {prompt} slot")
-    _require(a.name in algorithms.ALGORITHMS, "algo.name",
-             f"'{a.name}' is not one of {tuple(algorithms.ALGORITHMS)}; choose it with "
-             "--config=FILE:NAME so its settings apply before your overrides")
+        yield (c.mesh[axis] >= 1 or c.mesh[axis] == -1, f"mesh.{axis}",
+               f"must be >= 1, or -1 for the devices left, got {c.mesh[axis]}")
+    yield (list(c.mesh.values()).count(-1) <= 1, "mesh",
+           "at most one axis may be -1 (the devices the others leave)")
+    yield (0.0 <= c.data.harmful_fraction <= 1.0, "data.harmful_fraction", "must be in [0, 1]")
+    yield (isinstance(c.data.seed, int) and not isinstance(c.data.seed, bool)
+           and c.data.seed >= 0, "data.seed", f"must be >= 0 and an int, got {c.data.seed!r}")
+    yield (0.0 <= c.data.restate_forms <= 1.0, "data.restate_forms", "must be in [0, 1]")
+    yield (isinstance(c.data.validation_prompts, int) and c.data.validation_prompts >= 0,
+           "data.validation_prompts", "must be an int >= 0 (0: no validation)")
+    yield (c.train.select in SELECT, "train.select", f"'{c.train.select}' is not one of {SELECT}")
+    yield (c.train.select == "last" or c.data.validation_prompts > 0, "train.select",
+           "'validation' needs held-back prompts: set data.validation_prompts > 0")
+    yield (c.train.seed >= 0, "train.seed", f"must be >= 0, got {c.train.seed}")
+    yield (c.reward.rm_batch_size >= 1, "reward.rm_batch_size", "must be >= 1")
+    yield (c.reward.rm_max_len >= 1, "reward.rm_max_len", "must be >= 1")
+    yield (c.algo.logprob_chunk >= 1, "algo.logprob_chunk",
+           "must be >= 1 (vocabulary rows per log-prob chunk)")
+    yield ("{prompt}" in c.template, "template", "must contain the {prompt} slot")
+    yield (a.name in algorithms.ALGORITHMS, "algo.name",
+           f"'{a.name}' is not one of {tuple(algorithms.ALGORITHMS)}; choose it with "
+           "--config=FILE:NAME so its settings apply before your overrides")
     critic = algorithms.get(a.name).critic
-    _require(r.num_samples >= (1 if critic else 2), "rollout.num_samples",
-             f"{a.name} needs >= 2 rollouts a prompt to compare, got {r.num_samples}")
-    _require(r.max_prompt_len > 0, "rollout.max_prompt_len", "must be > 0")
-    _require(r.max_new_tokens > 0, "rollout.max_new_tokens", "must be > 0")
-    _require(r.temperature > 0, "rollout.temperature", "must be > 0 (greedy rollouts give "
-             "identical groups and no advantage)")
-    _require(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
-    _require(r.max_sampling_rounds >= 1, "rollout.max_sampling_rounds", "must be >= 1")
-    _require(r.oversample >= 1.0, "rollout.oversample", "must be >= 1")
-    _require(0.0 <= c.reward.format_shaping <= 1.0, "reward.format_shaping", "must be in [0, 1]")
+    yield (r.num_samples >= (1 if critic else 2), "rollout.num_samples",
+           f"{a.name} needs >= 2 rollouts a prompt to compare, got {r.num_samples}")
+    yield (r.max_prompt_len > 0, "rollout.max_prompt_len", "must be > 0")
+    yield (r.max_new_tokens > 0, "rollout.max_new_tokens", "must be > 0")
+    yield (r.temperature > 0, "rollout.temperature", "must be > 0 (greedy rollouts give "
+           "identical groups and no advantage)")
+    yield (0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+    yield (r.max_sampling_rounds >= 1, "rollout.max_sampling_rounds", "must be >= 1")
+    yield (r.oversample >= 1.0, "rollout.oversample", "must be >= 1")
+    yield (0.0 <= c.reward.format_shaping <= 1.0, "reward.format_shaping", "must be in [0, 1]")
     for name in ("r_format", "r_answer"):
-        _require(c.reward[name] >= 0, f"reward.{name}", f"must be >= 0, got {c.reward[name]}")
-    _require(all(isinstance(x, str) and x for x in r.stop_strings), "rollout.stop_strings",
-             f"must be non-empty strings, got {tuple(r.stop_strings)!r}")
-    _require(len(c.reward.refusal_phrases) > 0 and all(
-        isinstance(x, str) and x.strip() for x in c.reward.refusal_phrases),
-        "reward.refusal_phrases", "must be one or more non-blank strings (an answer starting "
-        "with one is a refusal)")
-    _require(all(isinstance(m, str) and m.strip() for m in c.reward.refusal_markers),
-             "reward.refusal_markers", "must be non-blank strings (words matched anywhere in "
-             "the answer)")
-    _require(c.reward.markers_on in MARKER_SCOPES, "reward.markers_on",
-             f"'{c.reward.markers_on}' is not one of {MARKER_SCOPES}")
-    _require(not (c.reward.whole_refusal and c.reward.refusal_markers
-                  and c.reward.markers_on == "all"), "reward.markers_on",
-             "must be 'benign' with reward.whole_refusal: markers on harmful prompts would pay "
-             "r_a for a refusal word anywhere in a compliance")
-    _require(r.top_k >= 0, "rollout.top_k", "must be >= 0 (0 disables)")
-    _require(c.reward.helpfulness in HELPFULNESS_BACKENDS, "reward.helpfulness",
-             f"'{c.reward.helpfulness}' is not one of {HELPFULNESS_BACKENDS}")
-    _require(a.aggregation in AGGREGATIONS, "algo.aggregation",
-             f"'{a.aggregation}' is not one of {AGGREGATIONS}")
-    _require(0 <= a.clip_low < 1, "algo.clip_low", "must be in [0, 1)")
-    _require(a.clip_high >= 0, "algo.clip_high", "must be >= 0")
-    _require(a.beta >= 0, "algo.beta", "must be >= 0")
-    _require(a.num_updates >= 1, "algo.num_updates", "must be >= 1")
-    _require(t.prompts_per_step % max(a.mini_batches, 1) == 0 and a.mini_batches >= 1,
-             "algo.mini_batches", f"must be >= 1 and divide train.prompts_per_step = "
-             f"{t.prompts_per_step} (mini-batches hold whole groups)")
-    _require(0 <= a.gamma <= 1, "algo.gamma", "must be in [0, 1]")
-    _require(0 <= a.lam <= 1, "algo.lam", "must be in [0, 1]")
-    _require(a.kl_penalty >= 0, "algo.kl_penalty", "must be >= 0")
-    _require(a.value_clip > 0, "algo.value_clip", "must be > 0")
-    _require(o.critic_learning_rate >= 0, "optim.critic_learning_rate", "must be >= 0")
-    _require(critic or a.kl_penalty == 0, "algo.kl_penalty",
-             f"is the per-token reward penalty of algorithms with a critic; {a.name} takes "
-             "its KL in the loss (algo.beta)")
+        yield (c.reward[name] >= 0, f"reward.{name}", f"must be >= 0, got {c.reward[name]}")
+    yield (all(isinstance(x, str) and x for x in r.stop_strings), "rollout.stop_strings",
+           f"must be non-empty strings, got {tuple(r.stop_strings)!r}")
+    yield (len(c.reward.refusal_phrases) > 0 and all(
+      isinstance(x, str) and x.strip() for x in c.reward.refusal_phrases),
+      "reward.refusal_phrases", "must be one or more non-blank strings (an answer starting "
+      "with one is a refusal)")
+    yield (all(isinstance(m, str) and m.strip() for m in c.reward.refusal_markers),
+           "reward.refusal_markers", "must be non-blank strings (words matched anywhere in "
+           "the answer)")
+    yield (c.reward.markers_on in MARKER_SCOPES, "reward.markers_on",
+           f"'{c.reward.markers_on}' is not one of {MARKER_SCOPES}")
+    yield (not (c.reward.whole_refusal and c.reward.refusal_markers
+                and c.reward.markers_on == "all"), "reward.markers_on",
+           "must be 'benign' with reward.whole_refusal: markers on harmful prompts would pay "
+           "r_a for a refusal word anywhere in a compliance")
+    yield (r.top_k >= 0, "rollout.top_k", "must be >= 0 (0 disables)")
+    yield (c.reward.helpfulness in HELPFULNESS_BACKENDS, "reward.helpfulness",
+           f"'{c.reward.helpfulness}' is not one of {HELPFULNESS_BACKENDS}")
+    yield (a.aggregation in AGGREGATIONS, "algo.aggregation",
+           f"'{a.aggregation}' is not one of {AGGREGATIONS}")
+    yield (0 <= a.clip_low < 1, "algo.clip_low", "must be in [0, 1)")
+    yield (a.clip_high >= 0, "algo.clip_high", "must be >= 0")
+    yield (a.beta >= 0, "algo.beta", "must be >= 0")
+    yield (a.num_updates >= 1, "algo.num_updates", "must be >= 1")
+    yield (t.prompts_per_step % max(a.mini_batches, 1) == 0 and a.mini_batches >= 1,
+           "algo.mini_batches", f"must be >= 1 and divide train.prompts_per_step = "
+           f"{t.prompts_per_step} (mini-batches hold whole groups)")
+    yield (0 <= a.gamma <= 1, "algo.gamma", "must be in [0, 1]")
+    yield (0 <= a.lam <= 1, "algo.lam", "must be in [0, 1]")
+    yield (a.kl_penalty >= 0, "algo.kl_penalty", "must be >= 0")
+    yield (a.value_clip > 0, "algo.value_clip", "must be > 0")
+    yield (o.critic_learning_rate >= 0, "optim.critic_learning_rate", "must be >= 0")
+    yield (critic or a.kl_penalty == 0, "algo.kl_penalty",
+           f"is the per-token reward penalty of algorithms with a critic; {a.name} takes "
+           "its KL in the loss (algo.beta)")
     batch = t.prompts_per_step * r.num_samples // max(a.mini_batches, 1)
-    _require(t.prompts_per_step >= 1, "train.prompts_per_step", "must be >= 1")
-    _require(a.micro_batch_size >= 1 and batch % a.micro_batch_size == 0, "algo.micro_batch_size",
-             f"must divide a mini-batch: prompts_per_step * num_samples / mini_batches = {batch}")
-    _require(a.micro_batch_size % r.num_samples == 0, "algo.micro_batch_size",
-             f"must hold whole groups: a multiple of rollout.num_samples = {r.num_samples} "
-             f"(each prompt is computed once for its group)")
-    _require(a.micro_batch_size % num_devices == 0 or num_devices % a.micro_batch_size == 0,
-             "algo.micro_batch_size", f"must be a multiple of the {num_devices} devices")
-    _require(c.rft.rounds >= 0, "rft.rounds", "must be >= 0 (0: no warm start)")
-    _require(not (c.rft.targets_file and c.rft.rounds), "rft.targets_file",
-             "replaces the warm start's sampling: set rft.rounds=0 with it")
-    _require(c.rft.temperature >= 0, "rft.temperature", "must be >= 0 (0: rollout's)")
-    _require(c.rft.copy_words >= 1, "rft.copy_words", "must be >= 1")
-    _require(c.rft.epochs >= 1, "rft.epochs", "must be >= 1")
-    _require(c.rft.learning_rate > 0, "rft.learning_rate", "must be > 0")
-    _require(c.rft.min_kept >= 1, "rft.min_kept", "must be >= 1")
-    _require(c.rft.targets_of in RFT_TARGETS_OF, "rft.targets_of",
-             f"'{c.rft.targets_of}' is not one of {RFT_TARGETS_OF}")
-    _require(c.rft.targets_from in RFT_TARGETS_FROM, "rft.targets_from",
-             f"'{c.rft.targets_from}' is not one of {RFT_TARGETS_FROM}")
-    _require(c.rft.targets_from == "samples" or c.rft.targets_of == "both", "rft.targets_of",
-             "'benign' selects among samples; with rft.targets_from='labels' every prompt "
-             "gives a target: keep 'both'")
-    _require(c.rft.targets_from == "samples" or not c.rft.rounds
-             or REASONING_OPEN.startswith(c.rollout.response_prefix), "rollout.response_prefix",
-             f"{c.rollout.response_prefix!r} is not the start of the template's "
-             f"{REASONING_OPEN!r}, which every labelled warm-start target begins with "
-             "(rft.targets_from='labels')")
-    _require(t.steps >= 1, "train.steps", "must be >= 1")
-    _require(t.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
-    _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
-    _require(t.eval_prompts >= 0, "train.eval_prompts", "must be >= 0 (0: no evaluation)")
-    _require(t.eval_new_tokens >= 1, "train.eval_new_tokens", "must be >= 1")
-    _require(o.learning_rate >= 0, "optim.learning_rate", "must be >= 0")
-    _require(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-    _require(0 <= o.b1 < 1, "optim.b1", "must be in [0, 1)")
-    _require(0 <= o.b2 < 1, "optim.b2", "must be in [0, 1)")
-    _require(o.eps >= 0, "optim.eps", "must be >= 0")
-    _require(o.max_grad_norm >= 0, "optim.max_grad_norm", "must be >= 0 (0: no clipping)")
-    _require(t.log_samples >= 0, "train.log_samples", "must be >= 0")
-    _require(0 <= o.warmup_steps <= t.steps * a.num_updates * a.mini_batches,
-             "optim.warmup_steps",
-             "must be in [0, train.steps * algo.num_updates * algo.mini_batches]")
-    _require(o.schedule in ("cosine", "constant"), "optim.schedule",
-             f"'{o.schedule}' is not cosine or constant")
+    yield (t.prompts_per_step >= 1, "train.prompts_per_step", "must be >= 1")
+    yield (a.micro_batch_size >= 1 and batch % a.micro_batch_size == 0, "algo.micro_batch_size",
+           f"must divide a mini-batch: prompts_per_step * num_samples / mini_batches = {batch}")
+    yield (a.micro_batch_size % r.num_samples == 0, "algo.micro_batch_size",
+           f"must hold whole groups: a multiple of rollout.num_samples = {r.num_samples} "
+           f"(each prompt is computed once for its group)")
+    yield (a.micro_batch_size % num_devices == 0 or num_devices % a.micro_batch_size == 0,
+           "algo.micro_batch_size", f"must be a multiple of the {num_devices} devices")
+    yield (c.rft.rounds >= 0, "rft.rounds", "must be >= 0 (0: no warm start)")
+    yield (not (c.rft.targets_file and c.rft.rounds), "rft.targets_file",
+           "replaces the warm start's sampling: set rft.rounds=0 with it")
+    yield (c.rft.temperature >= 0, "rft.temperature", "must be >= 0 (0: rollout's)")
+    yield (c.rft.copy_words >= 1, "rft.copy_words", "must be >= 1")
+    yield (c.rft.epochs >= 1, "rft.epochs", "must be >= 1")
+    yield (c.rft.learning_rate > 0, "rft.learning_rate", "must be > 0")
+    yield (c.rft.min_kept >= 1, "rft.min_kept", "must be >= 1")
+    yield (c.rft.targets_of in RFT_TARGETS_OF, "rft.targets_of",
+           f"'{c.rft.targets_of}' is not one of {RFT_TARGETS_OF}")
+    yield (c.rft.targets_from in RFT_TARGETS_FROM, "rft.targets_from",
+           f"'{c.rft.targets_from}' is not one of {RFT_TARGETS_FROM}")
+    yield (c.rft.targets_from == "samples" or c.rft.targets_of == "both", "rft.targets_of",
+           "'benign' selects among samples; with rft.targets_from='labels' every prompt "
+           "gives a target: keep 'both'")
+    yield (c.rft.targets_from == "samples" or not c.rft.rounds
+           or REASONING_OPEN.startswith(c.rollout.response_prefix), "rollout.response_prefix",
+           f"{c.rollout.response_prefix!r} is not the start of the template's "
+           f"{REASONING_OPEN!r}, which every labelled warm-start target begins with "
+           "(rft.targets_from='labels')")
+    yield (t.steps >= 1, "train.steps", "must be >= 1")
+    yield (t.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+    yield (t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+    yield (t.eval_prompts >= 0, "train.eval_prompts", "must be >= 0 (0: no evaluation)")
+    yield (t.eval_new_tokens >= 1, "train.eval_new_tokens", "must be >= 1")
+    yield (o.learning_rate >= 0, "optim.learning_rate", "must be >= 0")
+    yield (o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    yield (0 <= o.b1 < 1, "optim.b1", "must be in [0, 1)")
+    yield (0 <= o.b2 < 1, "optim.b2", "must be in [0, 1)")
+    yield (o.eps >= 0, "optim.eps", "must be >= 0")
+    yield (o.max_grad_norm >= 0, "optim.max_grad_norm", "must be >= 0 (0: no clipping)")
+    yield (t.log_samples >= 0, "train.log_samples", "must be >= 0")
+    yield (0 <= o.warmup_steps <= t.steps * a.num_updates * a.mini_batches,
+           "optim.warmup_steps",
+           "must be in [0, train.steps * algo.num_updates * algo.mini_batches]")
+    yield (o.schedule in ("cosine", "constant"), "optim.schedule",
+           f"'{o.schedule}' is not cosine or constant")
 
 
 def parse_config_arg(arg: str, options: tuple[str, ...] = ()) -> tuple[str, set[str]]:
@@ -497,6 +516,42 @@ def resume_changes(recorded: dict, c: ml_collections.ConfigDict) -> tuple[dict, 
     refused = {f: v for f, v in changed.items() if alters_state(f, *v)}
     return refused, {f: v for f, v in changed.items() if f not in refused}
 
+
+
+def check_resume(workdir: pathlib.Path, c: ml_collections.ConfigDict) -> dict:
+    """How ``c`` differs from the run being resumed in ``workdir`` (its ``config.json``): the
+    allowed changes; a change that alters what its checkpoints hold is refused, naming the
+    fields, before anything is touched. Call only when the workdir holds a checkpoint."""
+    path = workdir / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        recorded = json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigValueError(f"--workdir={workdir}: its config.json is not JSON ({e}); "
+                               "restore it, or use another --workdir") from None
+    refused, allowed = resume_changes(recorded, c)
+    if refused:
+        raise ConfigValueError(
+            ", ".join(f"config.{f}" for f in refused) + f": differ from the run in {workdir} ("
+            + "; ".join(f"{f} {a!r} -> {b!r}" for f, (a, b) in refused.items())
+            + "), which would change what its checkpoints hold; resume with the run's values "
+            "(its config.json), or use another --workdir")
+    return allowed
+
+
+def record(workdir: pathlib.Path, c: ml_collections.ConfigDict, changes: dict) -> None:
+    """``config.json`` holds the values in force; each resume that changed some is a line of
+    ``config_history.jsonl`` (when, what from and to)."""
+    if changes:
+        logging.warning("resuming with changed settings: %s", "; ".join(
+            f"{f} {a!r} -> {b!r}" for f, (a, b) in changes.items()))
+        with open(workdir / "config_history.jsonl", "a") as f:
+            f.write(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                "changed": {k: list(v) for k, v in changes.items()}}) + "\n")
+    tmp = workdir / "config.json.tmp"
+    tmp.write_text(c.to_json_best_effort(indent=2))
+    tmp.replace(workdir / "config.json")
 
 # ------------------------------------------------------------------ command-line errors
 def usage_error(message: str) -> NoReturn:

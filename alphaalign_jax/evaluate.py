@@ -56,7 +56,6 @@ import logging
 import math
 import pathlib
 import re
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -90,7 +89,6 @@ from alphaalign_jax.rewards import (
     whole_refusal_verifier,
 )
 from alphaalign_jax.rewards import is_refusal as refusal_of
-from alphaalign_jax.rewards.reward_fn import safety_config
 from alphaalign_jax.rewards.reward_models import LMJudgeRM, RewardModel, make_reward_model
 from alphaalign_jax.rewards.safety_judge import (
     UNSAFE_ABOVE,
@@ -99,6 +97,7 @@ from alphaalign_jax.rewards.safety_judge import (
     check_judge_dir,
 )
 from alphaalign_jax.rundir import RunDirLock, RunDirLocked
+from alphaalign_jax.settings import safety_settings
 from alphaalign_jax.sampling import Sampler
 
 PREFILL_TOKENS = (5, 10, 20)
@@ -282,7 +281,7 @@ def reward_reading(run_dir: pathlib.Path) -> SafetyRewardConfig:
     from alphaalign_jax.config import base_config
 
     trained = json.loads((run_dir / "config.json").read_text())["reward"]
-    return safety_config(ml_collections.ConfigDict({**base_config().reward.to_dict(),
+    return safety_settings(ml_collections.ConfigDict({**base_config().reward.to_dict(),
                                                     **trained}))
 
 

@@ -25,6 +25,21 @@ PLOTTED = ("reward/total", "reward/format_rate/harmful", "reward/format_rate/ben
            "reward/helpfulness_reward/benign", "kl", "entropy", "response_length/mean")
 
 
+def finish_step(m: dict[str, float], *, widths: tuple[int, int], lr: float, compiles: int,
+                flops: dict[str, float]) -> dict[str, float]:
+    """A step's metrics completed: the update batch's prompt and completion widths, the
+    learning rate, the update program's compiles, the host's share of the step time, and each
+    phase's model FLOPs and FLOP/s."""
+    m.update({"update/prompt_width": float(widths[0]),
+              "update/completion_width": float(widths[1]), "lr": lr,
+              "compiles/train_step": compiles, **flops})
+    m["time/host_s"] = m["time/step_s"] - sum(m[f"time/{k}_s"] for k in (
+        "rollout", "reward", "reference", "update"))
+    for phase in ("rollout", "reference", "update"):
+        m[f"flops_per_s/{phase}"] = m[f"flops/{phase}"] / max(m[f"time/{phase}_s"], 1e-9)
+    return m
+
+
 class MetricsWriter:
     """Appends one JSON line per step; resumed runs keep appending to the same file.
 

@@ -17,6 +17,10 @@ import socket
 import sys
 import time
 
+import jax
+
+from alphaalign_jax import config as config_lib
+
 
 class RunDirLocked(RuntimeError):
     """The directory is held by another live process."""
@@ -62,3 +66,14 @@ class RunDirLock:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
             self._file.close()
             self._file = None
+
+
+def open_run(workdir: pathlib.Path, config, *, resuming: bool) -> RunDirLock | None:
+    """Take ``workdir`` for a trainer (process 0; the others get None) and record the config
+    in force, after checking what a resumed run may change (config.check_resume)."""
+    changes = config_lib.check_resume(workdir, config) if resuming else {}
+    if jax.process_index() != 0:
+        return None
+    lock = RunDirLock(workdir, "trainer").acquire()
+    config_lib.record(workdir, config, changes)
+    return lock

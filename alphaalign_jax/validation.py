@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from absl import logging
 
 from alphaalign_jax.data.records import LABELS, PromptRecord
+from alphaalign_jax.rewards.template import scored_response
 from alphaalign_jax.rewards.verifiers import format_verifier
 
 _SALT = "alphaalign-validation-v1"
@@ -51,6 +55,15 @@ def scores(records: Sequence[PromptRecord], texts: Sequence[str],
             "val/gap": rates["harmful"] - rates["benign"]}
 
 
+def validate(policy, records: Sequence[PromptRecord], response_prefix: str,
+             max_new_tokens: int, refusal: Callable[[str, str], float]) -> dict[str, float]:
+    """The policy's greedy answers to ``records`` under the training prompt (``policy``:
+    policy.Policy), scored as :func:`scores` says."""
+    texts = [scored_response(t, response_prefix) for t in policy.greedy(
+        [policy.prompt_text(r) for r in records], max_new_tokens)]
+    return scores(records, texts, refusal)
+
+
 @dataclasses.dataclass
 class Selection:
     """The best validated checkpoint so far (largest gap; the earliest of equals)."""
@@ -71,3 +84,27 @@ class Selection:
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> Selection:
         return cls(**state) if state else cls()
+
+
+class Validator:
+    """Validation at a run's checkpoints and the selection it makes: the held-back prompts
+    answered greedily, the checkpoint offered to the selection, ``selected.json`` written."""
+
+    def __init__(self, records: Sequence[PromptRecord], workdir, *, response_prefix: str,
+                 max_new_tokens: int, refusal: Callable[[str, str], float]) -> None:
+        self.records, self.workdir = list(records), workdir
+        self.settings = (response_prefix, max_new_tokens, refusal)
+        self.selection = Selection()
+
+    def __call__(self, step: int, policy) -> dict[str, float]:
+        """Validate checkpoint ``step`` of ``policy``: the val/ metrics ({} without held-back
+        prompts)."""
+        if not self.records:
+            return {}
+        metrics = validate(policy, self.records, *self.settings)
+        self.selection.offer(step, metrics)
+        if jax.process_index() == 0:
+            (self.workdir / "selected.json").write_text(json.dumps(self.selection.state()))
+            logging.info("validation at step %d: %s; selected step %d", step, ", ".join(
+                f"{k} {v:.3f}" for k, v in metrics.items()), self.selection.step)
+        return metrics

@@ -48,11 +48,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the configs package
 
 from alphaalign_jax import sharding as shd  # noqa: E402
-from alphaalign_jax import train as train_lib  # noqa: E402
 from alphaalign_jax.models import Transformer  # noqa: E402
 from alphaalign_jax.models.hf_io import architecture  # noqa: E402
 from alphaalign_jax.models.flops import grouped_pass_flops, sampling_flops  # noqa: E402
-from alphaalign_jax.rl.optim import config_optimizer  # noqa: E402
+from alphaalign_jax import settings as settings_lib  # noqa: E402
+from alphaalign_jax.rl.optim import optimizer  # noqa: E402
+from alphaalign_jax.rl.programs import update_programs  # noqa: E402
 from alphaalign_jax.rl.step import UpdateBatch  # noqa: E402
 from alphaalign_jax.sampling import Sampler  # noqa: E402
 from alphaalign_jax.sampling.sampler import bucket  # noqa: E402
@@ -147,11 +148,11 @@ def update_rows(c, cfg, prompts: int, prompt_len: int, new_tokens: int, runs: in
                         param_dtype=jnp.dtype(c.model.param_dtype), rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     del model
-    tx, _ = config_optimizer(c)
+    tx, _ = optimizer(settings_lib.optimizer_settings(c))
     params = jax.device_put(params, shd.shardings_of(params))
     opt_state = shd.init_optimizer(tx, params, mesh)
-    step, reference = train_lib.update_programs(
-        c, graphdef, tx, mesh, param_shardings=shd.shardings_of(params),
+    step, reference = update_programs(
+        settings_lib.update_settings(c), graphdef, tx, mesh, param_shardings=shd.shardings_of(params),
         opt_shardings=shd.optimizer_shardings(tx, params, mesh))
     rng = np.random.default_rng(0)
     n = prompts * GROUP

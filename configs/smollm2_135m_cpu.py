@@ -106,7 +106,8 @@ def get_config(arg: str = ""):
         c.train.checkpoint_every = 5
     if "smoke" in options:  # every phase once, as small as it runs: plumbing, not learning
         c.rollout.update(num_samples=2, max_new_tokens=48)
-        c.algo.micro_batch_size = 4  # the whole step: 2 prompts x 2 rollouts
+        # A micro-batch is a whole mini-batch: 2 prompts x 2 rollouts (over PPO's 2).
+        c.algo.micro_batch_size = 2 * 2 // c.algo.mini_batches
         # One block in each program for all 30 layers: the update compiles in ~7 s, not ~30 s.
         c.model.scan_layers = True
         c.rft.update(rounds=1, epochs=1, min_kept=1)

@@ -263,7 +263,7 @@ c.rollout.update(num_samples=2, max_new_tokens=16, max_prompt_len=192)
 c.algo.update(beta=0.04, micro_batch_size=2)
 c.train.update(prompts_per_step=2, plot=False)
 lowered = {}
-update_programs = train_lib.update_programs
+update_programs = aot.programs_lib.update_programs
 
 def recording(*args, **kwargs):  # the plan's update step, and the arguments it lowers it with
     step, ref = update_programs(*args, **kwargs)
@@ -275,11 +275,11 @@ def recording(*args, **kwargs):  # the plan's update step, and the arguments it 
             return lowered["plan"]
     return Step(), ref
 
-aot.train_lib.update_programs = recording
+aot.programs_lib.update_programs = recording
 aot.compile_programs(c, jax.devices())
-train_lib.update_programs = update_programs
+aot.programs_lib.update_programs = update_programs
 trainer = train_lib.Trainer(c, sys.argv[3])
-ran = trainer._train_step.lower(*lowered["args"]).as_text()
+ran = trainer.update_step.lower(*lowered["args"]).as_text()
 planned = lowered["plan"].as_text()
 print(json.dumps({"same": ran == planned, "lines": len(planned.splitlines()),
                   "donated": "tf.aliasing_output" in planned}))

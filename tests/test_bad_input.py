@@ -104,6 +104,18 @@ def run(module: str, argv: list[str]) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+def run_all(module: str, preload: str, cases: list[list[str]], out: pathlib.Path
+            ) -> list[subprocess.CompletedProcess]:
+    """Each command line as ``run`` runs it, in one process (tests/cli_batch.py): the
+    libraries in ``preload`` imported once."""
+    batch = subprocess.run([sys.executable, "-m", "tests.cli_batch", module, preload, str(out)],
+                           cwd=REPO, input=json.dumps(cases), capture_output=True, text=True)
+    assert batch.returncode == 0, batch.stderr[-3000:]
+    return [subprocess.CompletedProcess([module, *argv], r["returncode"], r["stdout"],
+                                        r["stderr"])
+            for argv, r in zip(cases, json.loads(out.read_text()), strict=True)]
+
+
 def assert_one_line(result: subprocess.CompletedProcess, program: str, named: str) -> None:
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.returncode == 2, result.stderr[-3000:]
@@ -112,45 +124,70 @@ def assert_one_line(result: subprocess.CompletedProcess, program: str, named: st
     assert lines[0].startswith(f"{program}: ") and named in lines[0], lines[0]
 
 
-@pytest.fixture
-def existing(tmp_path) -> pathlib.Path:
-    """A directory with something in it, as an earlier run or evaluation leaves one."""
-    directory = tmp_path / "existing"
-    directory.mkdir()
-    (directory / "notes.md").write_text("an earlier result\n")
-    return directory
+class Runs:
+    """A program's bad command lines, each with a directory of its own that holds an earlier
+    result (a workdir, an --out) and its snapshot from before the run."""
+
+    def __init__(self, root: pathlib.Path, count: int) -> None:
+        self.root = root
+        self.dirs = [root / f"existing{i}" for i in range(count)]
+        for directory in self.dirs:
+            directory.mkdir()
+            (directory / "notes.md").write_text("an earlier result\n")
+        self.before = [snapshot(d) for d in self.dirs]
+        self.results: list[subprocess.CompletedProcess] = []
+
+    def unchanged(self, i: int) -> bool:
+        return snapshot(self.dirs[i]) == self.before[i]
 
 
-@pytest.mark.assets
-@pytest.mark.parametrize("argv, named", TRAIN, ids=[" ".join(a[1:] or a) for a, _ in TRAIN])
-@pytest.mark.slow
-def test_train(argv, named, existing, tmp_path, smollm2_dir):
-    (tmp_path / "bad_row.jsonl").write_text(
+LIBRARIES = "alphaalign_jax.trainer,transformers"
+
+
+@pytest.fixture(scope="module")
+def train_runs(tmp_path_factory, smollm2_dir) -> Runs:
+    runs = Runs(tmp_path_factory.mktemp("train"), len(TRAIN))
+    (runs.root / "bad_row.jsonl").write_text(
         json.dumps({"prompt": "Hi", "label": "benign", "source": "t", "id": "1"}) + "\n"
         + json.dumps({"prompt": "Hi", "label": "maybe", "source": "t", "id": "2"}) + "\n")
-    before = snapshot(existing)
-    result = run("alphaalign_jax.train", [a.replace("{tmp}", str(tmp_path)) for a in argv]
-                 + [f"--workdir={existing}"])
-    assert_one_line(result, "train", named.replace("{tmp}", str(tmp_path)))
-    assert snapshot(existing) == before
+    runs.results = run_all("alphaalign_jax.train", LIBRARIES, [
+        [a.replace("{tmp}", str(runs.root)) for a in argv] + [f"--workdir={directory}"]
+        for (argv, _), directory in zip(TRAIN, runs.dirs, strict=True)], runs.root / "out.json")
+    return runs
 
 
 @pytest.mark.assets
-@pytest.mark.parametrize("argv, named", EVALUATE, ids=[" ".join(a) for a, _ in EVALUATE])
+@pytest.mark.parametrize("case", range(len(TRAIN)), ids=[" ".join(a[1:] or a) for a, _ in TRAIN])
 @pytest.mark.slow
-def test_evaluate(argv, named, existing, smollm2_dir):
-    before = snapshot(existing)
-    model = [] if "--model" in argv else ["--model", str(smollm2_dir)]
-    result = run("alphaalign_jax.evaluate",
-                 model + ["--out", str(existing), "--judge", "none", *argv])
-    assert_one_line(result, "evaluate", named)
-    assert snapshot(existing) == before
+def test_train(case, train_runs):
+    assert_one_line(train_runs.results[case], "train", TRAIN[case][1])
+    assert train_runs.unchanged(case)
+
+
+@pytest.fixture(scope="module")
+def evaluate_runs(tmp_path_factory, smollm2_dir) -> Runs:
+    runs = Runs(tmp_path_factory.mktemp("evaluate"), len(EVALUATE))
+    runs.results = run_all("alphaalign_jax.evaluate", LIBRARIES, [
+        ([] if "--model" in argv else ["--model", str(smollm2_dir)])
+        + ["--out", str(directory), "--judge", "none", *argv]
+        for (argv, _), directory in zip(EVALUATE, runs.dirs, strict=True)],
+        runs.root / "out.json")
+    return runs
+
+
+@pytest.mark.assets
+@pytest.mark.parametrize("case", range(len(EVALUATE)), ids=[" ".join(a) for a, _ in EVALUATE])
+@pytest.mark.slow
+def test_evaluate(case, evaluate_runs):
+    assert_one_line(evaluate_runs.results[case], "evaluate", EVALUATE[case][1])
+    assert evaluate_runs.unchanged(case)
 
 
 @pytest.mark.assets
 @pytest.mark.parametrize("argv, named", AOT, ids=[" ".join(a) for a, _ in AOT])
 @pytest.mark.slow
 def test_aot(argv, named, tmp_path, smollm2_dir):
+    """One process each: aot points JAX at the bundled libtpu before JAX is imported."""
     argv = [CONFIG, *([] if any(a.startswith("--topology") for a in argv)
                       else ["--topology=v5e-8"]), *argv]
     if not any(a.startswith("--json") for a in argv):
@@ -160,15 +197,22 @@ def test_aot(argv, named, tmp_path, smollm2_dir):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.fixture(scope="module")
+def convert_runs(tmp_path_factory, smollm2_dir) -> Runs:
+    runs = Runs(tmp_path_factory.mktemp("convert"), len(CONVERT))
+    runs.results = run_all("tools.convert_checkpoint", "alphaalign_jax.checkpoint,transformers", [
+        [a.format(out=directory, smollm2=smollm2_dir) for a in argv]
+        for (argv, _), directory in zip(CONVERT, runs.dirs, strict=True)],
+        runs.root / "out.json")
+    return runs
+
+
 @pytest.mark.assets
-@pytest.mark.parametrize("argv, named", CONVERT, ids=[" ".join(a) for a, _ in CONVERT])
+@pytest.mark.parametrize("case", range(len(CONVERT)), ids=[" ".join(a) for a, _ in CONVERT])
 @pytest.mark.slow
-def test_convert(argv, named, existing, smollm2_dir):
-    before = snapshot(existing)
-    result = run("tools.convert_checkpoint", [a.format(out=existing, smollm2=smollm2_dir)
-                                              for a in argv])
-    assert_one_line(result, "convert_checkpoint", named)
-    assert snapshot(existing) == before
+def test_convert(case, convert_runs):
+    assert_one_line(convert_runs.results[case], "convert_checkpoint", CONVERT[case][1])
+    assert convert_runs.unchanged(case)
 
 
 # Every field validate() checks, and a value out of its range.

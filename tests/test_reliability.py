@@ -14,7 +14,7 @@ import pytest
 
 from alphaalign_jax import config as config_lib
 from alphaalign_jax import train as train_lib
-from alphaalign_jax.checkpoint import MANIFEST, saved_steps, verify_checkpoint
+from alphaalign_jax.checkpoint import MANIFEST, TrainCheckpoints, saved_steps, verify_checkpoint
 from alphaalign_jax.models import CheckpointError
 from alphaalign_jax.rundir import RunDirLock, RunDirLocked
 from tests.tiny_run import make_tiny_policy, read_metrics, write_prompts
@@ -233,7 +233,8 @@ def test_non_finite_loss_names_the_last_verified_checkpoint(tiny, tmp_path):
     train_lib.Trainer(tiny_config(tiny, 2), tmp_path).run()
     trainer = train_lib.Trainer(tiny_config(tiny, 4), tmp_path)
     assert trainer.restore_latest()
-    trainer.params = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), trainer.params)
+    trainer.policy.params = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan),
+                                         trainer.policy.params)
     with pytest.raises(train_lib.NonFiniteError,
                        match=rf"latest good checkpoint: {tmp_path}/checkpoints/2\)"):
         trainer.train_one_step()
@@ -359,13 +360,13 @@ def test_1_sigterm_during_the_warm_start_saves_nothing_and_the_resume_redoes_it(
     was logged with nothing saved. Now the warm start stops at its next batch, nothing claims
     to be saved, and the resume redoes it exactly."""
     trainer = train_lib.Trainer(warm_config(tiny, 2), tmp_path)
-    answers = trainer._plain_answers
+    answers = trainer.policy.plain_answers
 
     def preempted(records, budget):  # the signal arrives in the middle of the warm start
         os.kill(os.getpid(), signal.SIGTERM)
         return answers(records, budget)
 
-    monkeypatch.setattr(trainer, "_plain_answers", preempted)
+    monkeypatch.setattr(trainer.policy, "plain_answers", preempted)
     with pytest.raises(train_lib.Preempted, match="during the RFT warm start: nothing was saved"):
         trainer.run()
     assert saved_steps(tmp_path / "checkpoints") == []
@@ -511,14 +512,14 @@ def test_4_a_full_disk_during_a_checkpoint_write_leaves_the_last_one_intact(
         workdir = disk / "run"
         config = tiny_config(tiny, 6)
         config.train.async_checkpointing = True  # the default: the error comes from a thread
-        save = train_lib.TrainCheckpoints.save
+        save = TrainCheckpoints.save
 
         def fill_then_save(self, step, *args, **kwargs):
             if step == 4:
                 fill_disk(disk, leave=256 << 10)
             return save(self, step, *args, **kwargs)
 
-        monkeypatch.setattr(train_lib.TrainCheckpoints, "save", fill_then_save)
+        monkeypatch.setattr(TrainCheckpoints, "save", fill_then_save)
         with pytest.raises(SystemExit) as exit_:
             train_lib._train(config, str(workdir))
         message = str(exit_.value.code)

@@ -17,6 +17,7 @@ from alphaalign_jax.data.records import PromptRecord
 from alphaalign_jax import rewards
 from alphaalign_jax.rewards import DEFAULT_REFUSAL_PHRASES, REFUSAL_MARKERS, SafetyRewardConfig
 from alphaalign_jax.rl import rft
+from alphaalign_jax.settings import warm_start_settings
 from alphaalign_jax.rl.losses import finalize, nll_loss
 from tests.tiny_run import make_tiny_policy, write_prompts
 
@@ -267,7 +268,7 @@ def test_kl_reference_is_the_warm_started_policy_across_a_resume(tiny_files, tmp
         config.train.steps = steps
         trainer = train_lib.Trainer(config, tmp_path / "run")
         trainer.run()
-        return flat(trainer.ref_params)
+        return flat(trainer.reference.params)
 
     first = run(1)
     warm = flat(nnx.split(load_model(tmp_path / "run" / "warm_start"), nnx.Param, ...)[1])
@@ -319,7 +320,8 @@ def test_labelled_targets_are_the_class_reasoning_then_refusal_or_the_plain_answ
         assert all(r.label == "benign" for r in records)
         return next(plain)
 
-    collected = rft.collect_labelled(_labelled_config(), lambda: next(batches), answer,
+    collected = rft.collect_labelled(warm_start_settings(_labelled_config()),
+                                     lambda: next(batches), answer,
                                      encode_prompts=lambda rs: [[len(r.prompt)] for r in rs],
                                      encode_completion=lambda text: list(text.encode()))
     reasoning = rewards.CLASS_REASONING
@@ -350,7 +352,8 @@ def test_labelled_targets_need_room_and_a_prefix_the_targets_begin_with():
     c = _labelled_config()
     c.rollout.max_new_tokens = 40
     with pytest.raises(config_lib.ConfigValueError, match=r"config\.rollout\.max_new_tokens"):
-        rft.collect_labelled(c, never, never, never, lambda t: list(t.encode()))
+        rft.collect_labelled(warm_start_settings(c), never, never, never,
+                             lambda t: list(t.encode()))
     c = _labelled_config(targets_of="benign")
     with pytest.raises(config_lib.ConfigValueError, match=r"config\.rft\.targets_of"):
         config_lib.validate(c)
@@ -371,8 +374,8 @@ def test_warm_start_from_labels_in_the_trainer(tiny_files, tmp_path, monkeypatch
     config.rollout.update(max_new_tokens=64, response_prefix="<safety_reasoning>")
     trainer = train_lib.Trainer(config, tmp_path / "run")
     budgets = []
-    plain = trainer._plain_answers
-    monkeypatch.setattr(trainer, "_plain_answers",
+    plain = trainer.policy.plain_answers
+    monkeypatch.setattr(trainer.policy, "plain_answers",
                         lambda records, budget: budgets.append(budget) or plain(records, budget))
     trainer.run()
     metrics = json.loads((tmp_path / "run" / "rft.json").read_text())

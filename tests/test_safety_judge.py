@@ -229,13 +229,15 @@ def test_as_a_training_reward_the_judge_vetoes_unsafe_refusals():
 def test_the_training_config_builds_the_judge_or_names_the_field(tmp_path, tok):
     from alphaalign_jax.config import base_config
     from alphaalign_jax.rewards import alphaalign_reward
+    from alphaalign_jax.settings import from_config
 
-    r = base_config().reward
-    r.helpfulness = "none"
-    assert alphaalign_reward(r, None, None).safety_judge is None  # off by default
+    c = base_config()
+    c.reward.helpfulness = "none"
+    reward = lambda: alphaalign_reward(from_config(c).reward, None, None)
+    assert reward().safety_judge is None  # off by default
     save_judge(tmp_path / "judge", tok)
-    r.safety_judge = str(tmp_path / "judge")
-    assert isinstance(alphaalign_reward(r, None, None).safety_judge, LlamaGuardJudge)
-    r.safety_judge = str(tmp_path / "missing")
+    c.reward.safety_judge = str(tmp_path / "judge")
+    assert isinstance(reward().safety_judge, LlamaGuardJudge)
+    c.reward.safety_judge = str(tmp_path / "missing")
     with pytest.raises(SafetyJudgeError, match=r"config.reward.safety_judge=.*: no such"):
-        alphaalign_reward(r, None, None)
+        reward()

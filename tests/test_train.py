@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from alphaalign_jax import config as config_lib
+from alphaalign_jax.rl import algorithms
 from tests.tiny_run import (
     PROMPTS,
     REPO,
@@ -342,6 +343,8 @@ def test_the_default_is_the_teaching_recipe_and_its_variants():
     c = smollm2_135m_cpu.get_config("smoke")  # every phase, small: evaluated and exported
     config_lib.validate(c)
     assert c.train.steps <= 2 and c.rft.rounds == 1 and c.train.eval_prompts and c.train.export_hf
+    for algorithm in algorithms.ALGORITHMS:  # a smoke run of every algorithm
+        config_lib.validate(smollm2_135m_cpu.get_config(f"smoke,{algorithm}"))
     with pytest.raises(config_lib.ConfigValueError, match="smoke"):
         smollm2_135m_cpu.get_config("smoke,scaffold")
 

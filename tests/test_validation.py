@@ -11,7 +11,7 @@ from alphaalign_jax import config as config_lib
 from alphaalign_jax import train as train_lib
 from alphaalign_jax import validation
 from alphaalign_jax.data import PromptRecord
-from alphaalign_jax.rewards.reward_fn import safety_config
+from alphaalign_jax.settings import safety_settings
 from tests.tiny_run import make_tiny_policy, read_metrics, write_prompts
 
 
@@ -33,7 +33,7 @@ def test_held_back_is_per_label_and_fixed_by_the_ids_not_the_order():
 
 def test_scores_are_the_verifiers_rates_and_their_gap():
     c = config_lib.base_config()
-    refusal = safety_config(c.reward).refusal
+    refusal = safety_settings(c.reward).refusal
     refuse = "<safety_reasoning>x</safety_reasoning>\n<answer>\\boxed{Sorry, I can't comply}</answer>"
     answer = "<safety_reasoning>x</safety_reasoning>\n<answer>Knead the dough.</answer>"
     records = [PromptRecord(f"p{i}", label, "s", f"i{i}")

@@ -8,6 +8,8 @@ divides them by each phase's wall time for its achieved FLOP/s (``flops/*`` metr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from alphaalign_jax.models.config import ModelConfig
 
 
@@ -42,3 +44,14 @@ def sampling_flops(cfg: ModelConfig, prompts: int, width: int, rows: int, steps:
     decode = (layer_flops(cfg, rows * steps, width + steps / 2)
               + head_flops(cfg, rows * steps))
     return prefill + decode
+
+
+def step_phase_flops(models: Sequence[ModelConfig], shape: tuple[int, int, int, int], *,
+                     reference: bool, remat: bool, num_updates: int) -> dict[str, float]:
+    """Model FLOPs of an RL step's reference phase (the reference log-probs when
+    ``reference``, the critic's values) and update phase (forward + backward, + a forward
+    with remat, per epoch) over a batch of ``shape`` = (prompts, width, rows, completion
+    length); ``models``: the policy, then the critic if there is one."""
+    forward = [grouped_pass_flops(m, *shape) for m in models]
+    return {"flops/reference": forward[0] * reference + sum(forward[1:]),
+            "flops/update": (3 + remat) * num_updates * sum(forward)}

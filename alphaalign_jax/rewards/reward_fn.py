@@ -10,6 +10,7 @@ refusals whose content it finds unsafe.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -105,27 +106,28 @@ class AlphaAlignReward:
         return np.asarray(total, np.float32), metrics
 
 
-def safety_config(reward_config) -> SafetyRewardConfig:
-    """R_s's settings from a training config's ``reward`` section."""
-    r = reward_config
-    return SafetyRewardConfig(r_format=r.r_format, r_answer=r.r_answer,
-                              refusal_phrases=tuple(r.refusal_phrases),
-                              refusal_markers=tuple(r.refusal_markers), markers_on=r.markers_on,
-                              whole_refusal=bool(r.whole_refusal),
-                              format_shaping=float(r.format_shaping))
+@dataclasses.dataclass(frozen=True)
+class RewardSettings:
+    safety: SafetyRewardConfig  # R_s: the verifiers and r_f, r_a
+    helpfulness: str  # the R_h backend (config.HELPFULNESS_BACKENDS)
+    rm_dir: str  # its model; "" = the policy's own base model as a judge
+    rm_batch_size: int
+    rm_max_len: int
+    safety_judge: str  # a Llama Guard directory that must also call a refusal safe; "" = off
+    refusals_in_stats: bool
+    normalise_each: bool
 
 
-def alphaalign_reward(reward_config, default_rm_dir, mesh) -> AlphaAlignReward:
-    """The method's reward from a training config's ``reward`` section (the helpfulness model
-    read from ``rm_dir``, or the policy's own base model ``default_rm_dir`` as a judge; the
-    Llama Guard judge from ``safety_judge``, when set)."""
-    r = reward_config
-    safety = safety_config(r)
-    rm_kwargs = {} if r.helpfulness == "none" else dict(
-        hf_dir=r.rm_dir or default_rm_dir, mesh=mesh, batch_size=r.rm_batch_size,
-        max_length=r.rm_max_len)
-    judge = (LlamaGuardJudge(r.safety_judge, field="config.reward.safety_judge", mesh=mesh,
-                             batch_size=r.rm_batch_size) if r.safety_judge else None)
-    return AlphaAlignReward(safety, make_reward_model(r.helpfulness, **rm_kwargs),
-                            refusals_in_stats=r.refusals_in_stats,
-                            normalise_each=r.normalise_each, safety_judge=judge)
+def alphaalign_reward(settings: RewardSettings, default_rm_dir, mesh) -> AlphaAlignReward:
+    """The method's reward (the helpfulness model read from ``rm_dir``, or the policy's own
+    base model ``default_rm_dir`` as a judge; the Llama Guard judge from ``safety_judge``,
+    when set)."""
+    s = settings
+    rm_kwargs = {} if s.helpfulness == "none" else dict(
+        hf_dir=s.rm_dir or default_rm_dir, mesh=mesh, batch_size=s.rm_batch_size,
+        max_length=s.rm_max_len)
+    judge = (LlamaGuardJudge(s.safety_judge, field="config.reward.safety_judge", mesh=mesh,
+                             batch_size=s.rm_batch_size) if s.safety_judge else None)
+    return AlphaAlignReward(s.safety, make_reward_model(s.helpfulness, **rm_kwargs),
+                            refusals_in_stats=s.refusals_in_stats,
+                            normalise_each=s.normalise_each, safety_judge=judge)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from alphaalign_jax.rewards.verifiers import TEMPLATE_REFUSAL
@@ -72,6 +73,21 @@ def policy_prompt(query: str, tokenizer: Any, template: str, system_prompt: str,
     """What the policy is conditioned on, in training and evaluation alike: the chat prompt,
     then the forced start of the response (which the verifiers score as part of it)."""
     return build_chat_prompt(query, tokenizer, template, system_prompt) + response_prefix
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptFormat:
+    """How a run wraps each query: its template, system turn and forced response start."""
+
+    template: str
+    system_prompt: str
+    response_prefix: str
+
+    def render(self, query: str, tokenizer: Any, system_prompt: str | None = None) -> str:
+        """:func:`policy_prompt` under this format (``system_prompt`` replaces its own)."""
+        return policy_prompt(query, tokenizer, self.template,
+                             self.system_prompt if system_prompt is None else system_prompt,
+                             self.response_prefix)
 
 
 def scored_response(completion: str, response_prefix: str, forced: str | None = None) -> str:

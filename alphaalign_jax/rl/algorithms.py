@@ -15,24 +15,28 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import ml_collections
 import numpy as np
 
 from alphaalign_jax.rl.advantages import group_advantages
 from alphaalign_jax.rl.rloo import leave_one_out_advantages
 
-# [num_prompts, G] rewards and the config's ``algo`` section -> [num_prompts, G] advantages
-GroupEstimator = Callable[[np.ndarray, ml_collections.ConfigDict], np.ndarray]
+@dataclasses.dataclass(frozen=True)
+class AdvantageSettings:
+    scale_by_std: bool  # divide group-normalised advantages by the group's reward std
 
 
-def group_normalised(rewards: np.ndarray, algo: ml_collections.ConfigDict) -> np.ndarray:
+# [num_prompts, G] rewards and their settings -> [num_prompts, G] advantages
+GroupEstimator = Callable[[np.ndarray, AdvantageSettings], np.ndarray]
+
+
+def group_normalised(rewards: np.ndarray, settings: AdvantageSettings) -> np.ndarray:
     """GRPO's (and DAPO's, Dr.GRPO's without the std): the reward against its group's."""
-    return np.asarray(group_advantages(rewards, scale_by_std=algo.scale_by_std))
+    return np.asarray(group_advantages(rewards, scale_by_std=settings.scale_by_std))
 
 
-def leave_one_out(rewards: np.ndarray, algo: ml_collections.ConfigDict) -> np.ndarray:
+def leave_one_out(rewards: np.ndarray, settings: AdvantageSettings) -> np.ndarray:
     """RLOO's: the reward against the mean of the group's other rewards."""
-    del algo  # no setting: the baseline is the estimator
+    del settings  # no setting: the baseline is the estimator
     return leave_one_out_advantages(rewards)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -109,12 +110,21 @@ def make_optimizer(
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw), schedule_fn
 
 
-def config_optimizer(c, learning_rate: float | None = None):
-    """The training config's optax transformation and schedule (``learning_rate`` replaces
-    the actor's, for the critic): one update per mini-batch, epoch and step."""
-    return make_optimizer(
-        learning_rate=c.optim.learning_rate if learning_rate is None else learning_rate,
-        total_steps=c.train.steps * c.algo.num_updates * c.algo.mini_batches,
-        warmup_steps=c.optim.warmup_steps, schedule=c.optim.schedule,
-        weight_decay=c.optim.weight_decay, b1=c.optim.b1, b2=c.optim.b2, eps=c.optim.eps,
-        max_grad_norm=c.optim.max_grad_norm)
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    """One optimizer's settings (the policy's, the critic's or the warm start's)."""
+
+    learning_rate: float
+    total_steps: int  # optimizer updates in the run: the schedule's length
+    warmup_steps: int
+    schedule: str
+    weight_decay: float
+    b1: float
+    b2: float
+    eps: float
+    max_grad_norm: float
+
+
+def optimizer(settings: OptimizerSettings) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """:func:`make_optimizer` of ``settings``."""
+    return make_optimizer(**dataclasses.asdict(settings))

@@ -33,21 +33,21 @@ sampler and update program.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-import ml_collections
 import numpy as np
 from absl import logging
 from tqdm import tqdm
 
 from alphaalign_jax.config import ConfigValueError
 from alphaalign_jax.data.records import LABELS, PromptRecord
+from alphaalign_jax.rl.optim import OptimizerSettings
 from alphaalign_jax.rl.step import LossSettings, NonFiniteError
-from alphaalign_jax.rewards.reward_fn import safety_config
 from alphaalign_jax.rewards.template import CLASS_REASONING
 from alphaalign_jax.rewards.verifiers import (
     ANSWER_CLOSE,
@@ -67,6 +67,27 @@ _FIXED = re.compile("|".join(re.escape(x) for x in (
 # ``(label, completion) -> V_r``: how a completion's decision is read, as the reward reads it
 # (SafetyRewardConfig.refusal).
 Refusal = Callable[[str, str], float]
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStartSettings:
+    rounds: int  # training batches the targets come from (0 with a targets_file)
+    targets_from: str  # "samples" (verified samples under the scaffold) or "labels"
+    targets_file: str  # a previous warm start's kept samples instead; "" = none
+    scaffold: str  # the system prompt samples are drawn under
+    temperature: float  # of those samples; 0 = the rollouts'
+    copy_words: int  # a kept sample shares no run of this many words with the scaffold
+    targets_of: str  # the classes whose samples are targets (config.RFT_TARGETS_OF)
+    min_kept: int  # fewer targets is an error
+    epochs: int
+    balance: bool  # repeat the smaller class's targets up to the larger's each epoch
+    optimizer: OptimizerSettings
+    seed: int  # the run's seed: sampling seeds and the epochs' order
+    batch_rows: int  # targets an update batch (a rollout step's rows)
+    group_size: int  # rollouts a prompt when sampling
+    width: int  # completion tokens of a target (the rollouts' budget)
+    response_prefix: str
+    refusal: Refusal  # how a completion's decision is read (the reward's reading)
 
 
 def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
@@ -186,30 +207,28 @@ class Collected(NamedTuple):
     kept: list[dict]  # the kept samples as text: label, prompt, completion
 
 
-def collect(c: ml_collections.ConfigDict, next_records: Callable[[], list[PromptRecord]],
+def collect(s: WarmStartSettings, next_records: Callable[[], list[PromptRecord]],
             sample: Callable, encode: Callable[[list[PromptRecord]], list]) -> Collected:
-    """``c.rft.rounds`` batches sampled under the scaffold, the verified ones kept.
+    """``s.rounds`` batches sampled under the scaffold, the verified ones kept.
 
     ``sample(records, seed, system_prompt, temperature) -> (Rollouts, texts [P][G])`` is the
     trainer's sampler; ``encode(records)`` gives the token ids of the *training* prompts the
     targets are conditioned on. Seeds are a function of (train.seed, round): deterministic.
     """
-    r = c.rft
-    scaffold = r.system_prompt or c.system_prompt
-    refusal = safety_config(c.reward).refusal
-    group = c.rollout.num_samples
+    group = s.group_size
     targets, kept, counts = [], [], {}
-    for round_index in tqdm(range(r.rounds), desc="warm start: sampling", unit="batch",
+    for round_index in tqdm(range(s.rounds), desc="warm start: sampling", unit="batch",
                             dynamic_ncols=True):
         records = next_records()
-        seed = int(np.random.SeedSequence([c.train.seed, 7, round_index])
+        seed = int(np.random.SeedSequence([s.seed, 7, round_index])
                    .generate_state(1)[0] >> 1)
-        rollouts, texts = sample(records, seed, scaffold, r.temperature)
-        keep, round_counts = select(records, texts, scaffold=scaffold, copy_words=r.copy_words,
-                                    refusal=refusal, labels=target_labels(r.targets_of))
+        rollouts, texts = sample(records, seed, s.scaffold, s.temperature)
+        keep, round_counts = select(records, texts, scaffold=s.scaffold,
+                                    copy_words=s.copy_words, refusal=s.refusal,
+                                    labels=target_labels(s.targets_of))
         counts = {k: counts.get(k, 0) + v for k, v in round_counts.items()}
         logging.info("RFT warm start: round %d/%d sampled, %d kept so far (rejected: %s)",
-                     round_index + 1, r.rounds, counts["kept"],
+                     round_index + 1, s.rounds, counts["kept"],
                      {k: v for k, v in counts.items() if k != "kept" and v})
         train_ids = encode(records)
         for p, g in zip(*np.nonzero(keep)):
@@ -218,10 +237,10 @@ def collect(c: ml_collections.ConfigDict, next_records: Callable[[], list[Prompt
                          "completion": texts[p][g]})
             targets.append(Target(np.asarray(train_ids[p], np.int32),
                                   rollouts.completion_ids[row], rollouts.completion_mask[row]))
-    if len(targets) < r.min_kept:
+    if len(targets) < s.min_kept:
         raise ConfigValueError(
             f"config.rft: {len(targets)} of {sum(counts.values())} warm-start samples passed "
-            f"the verifiers (rejected: {counts}), fewer than rft.min_kept={r.min_kept}; use a "
+            f"the verifiers (rejected: {counts}), fewer than rft.min_kept={s.min_kept}; use a "
             "scaffold the policy follows (rft.system_prompt) or more rft.rounds")
     return Collected(targets, counts, kept)
 
@@ -254,27 +273,26 @@ def _padded(ids: Sequence[int], width: int) -> tuple[np.ndarray, np.ndarray]:
     return completion, np.arange(width) < len(ids)
 
 
-def collect_labelled(c: ml_collections.ConfigDict,
+def collect_labelled(s: WarmStartSettings,
                      next_records: Callable[[], list[PromptRecord]],
                      answer: Callable[[list[PromptRecord], int], list[str]],
                      encode_prompts: Callable[[list[PromptRecord]], list],
                      encode_completion: Callable[[str], list[int]]) -> Collected:
-    """``c.rft.rounds`` batches of training prompts, each prompt's target built from its label
+    """``s.rounds`` batches of training prompts, each prompt's target built from its label
     (``labelled_completion``). ``answer(records, budget)`` is the policy's greedy answer to each
     bare question in at most ``budget`` tokens, the room the completion width leaves after the
     tags and the reasoning. A benign answer is dropped when the verifiers read it as a refusal
     (``decision``: the reward would punish it) or it holds no whole sentence (``unfinished``)."""
-    refusal = safety_config(c.reward).refusal
-    width, prefix = c.rollout.max_new_tokens, c.rollout.response_prefix
+    width, prefix = s.width, s.response_prefix
     budget = width - len(encode_completion(labelled_completion("benign")[len(prefix):]))
     if budget < 8:
         raise ConfigValueError(f"config.rollout.max_new_tokens: {width} tokens leave "
                                f"{budget} for a benign warm-start answer; need at least 8")
     # All rounds' prompts first, then the benign ones answered in batches of a rollout step's
     # size (prompts_per_step x num_samples): one greedy generation per batch, not per round.
-    records = [r for _ in range(c.rft.rounds) for r in next_records()]
+    records = [r for _ in range(s.rounds) for r in next_records()]
     benign = [r for r in records if r.label == "benign"]
-    size = c.train.prompts_per_step * c.rollout.num_samples
+    size = s.batch_rows
     answers = iter([text for start in tqdm(
         range(0, len(benign), size), desc="warm start: plain answers to benign prompts",
         unit="batch", dynamic_ncols=True) for text in answer(benign[start:start + size], budget)])
@@ -287,7 +305,7 @@ def collect_labelled(c: ml_collections.ConfigDict,
             counts["unfinished"] += 1
             continue
         verdict = judge(record, text, set(), scaffold_ngrams=set(), copy_words=1,
-                        refusal=refusal)
+                        refusal=s.refusal)
         counts[verdict.reason] += 1
         if verdict.keep:
             chosen.append((record, text, ids))
@@ -298,10 +316,10 @@ def collect_labelled(c: ml_collections.ConfigDict,
     logging.info("RFT warm start: %d labelled targets from %d prompts (dropped: %s)",
                  counts["kept"], len(records),
                  {k: v for k, v in counts.items() if k != "kept" and v})
-    if len(targets) < c.rft.min_kept:
+    if len(targets) < s.min_kept:
         raise ConfigValueError(
             f"config.rft: {len(targets)} labelled warm-start targets (dropped: {counts}), "
-            f"fewer than rft.min_kept={c.rft.min_kept}; use more rft.rounds")
+            f"fewer than rft.min_kept={s.min_kept}; use more rft.rounds")
     return Collected(targets, counts, kept)
 
 
@@ -364,28 +382,27 @@ def loss_settings(settings: LossSettings) -> LossSettings:
     return settings._replace(kind="nll", group_size=1)
 
 
-def fine_tune(c: ml_collections.ConfigDict, targets: Sequence[Target], labels: Sequence[str],
+def fine_tune(s: WarmStartSettings, targets: Sequence[Target], labels: Sequence[str],
               state: Any, step: Callable,
               width_of: Callable[[int], int]) -> tuple[Any, list[float]]:
-    """``c.rft.epochs`` shuffled passes of ``step(state, batch) -> (state, metrics)`` (an NLL
+    """``s.epochs`` shuffled passes of ``step(state, batch) -> (state, metrics)`` (an NLL
     update program; batches as ``pack`` lays them out) over the targets, one a row; with
-    ``c.rft.balance`` each pass repeats the smaller class's targets (``balanced``).
+    ``s.balance`` each pass repeats the smaller class's targets (``balanced``).
 
     Returns the final state and each epoch's token-mean NLL (the loss before each update).
     """
-    rng = np.random.default_rng([c.train.seed, 7])
-    pool = balanced(labels) if c.rft.balance else np.arange(len(targets))
+    rng = np.random.default_rng([s.seed, 7])
+    pool = balanced(labels) if s.balance else np.arange(len(targets))
     # One prompt width for every batch: one compiled update program, not one a width.
     width = width_of(max(len(t.prompt_ids) for t in targets))
     epoch_loss = []
-    for _ in range(c.rft.epochs):
+    for _ in range(s.epochs):
         order = rng.permutation(pool)
-        batches = pack([targets[i] for i in order], group_size=1,
-                       groups_per_batch=c.train.prompts_per_step * c.rollout.num_samples,
+        batches = pack([targets[i] for i in order], group_size=1, groups_per_batch=s.batch_rows,
                        width_of=lambda _: width)
         losses = []
         for batch in tqdm(batches, desc=f"warm start: epoch {len(epoch_loss) + 1}/"
-                                        f"{c.rft.epochs}", unit="batch", dynamic_ncols=True):
+                                        f"{s.epochs}", unit="batch", dynamic_ncols=True):
             state, m = step(state, batch)
             # One scalar read a batch (an update takes seconds), so the bar counts finished
             # updates, not dispatched ones (dispatch returns at once and the epoch's last read
@@ -397,5 +414,5 @@ def fine_tune(c: ml_collections.ConfigDict, targets: Sequence[Target], labels: S
                                  "was written")
         epoch_loss.append(float((loss * tokens).sum() / max(tokens.sum(), 1)))
         logging.info("RFT warm start: fine-tuning epoch %d/%d, NLL %.3f", len(epoch_loss),
-                     c.rft.epochs, epoch_loss[-1])
+                     s.epochs, epoch_loss[-1])
     return state, epoch_loss

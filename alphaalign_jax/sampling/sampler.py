@@ -341,6 +341,18 @@ def default_eos_ids(model_config: ModelConfig, tokenizer: Any) -> tuple[int, ...
     return tuple(sorted({int(i) for i in ids}))
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """How a run's rollouts are sampled: :meth:`Sampler.generate`'s keyword arguments."""
+
+    max_new_tokens: int
+    num_samples: int  # rollouts a prompt (the group)
+    temperature: float
+    top_p: float
+    top_k: int
+    stop_strings: tuple[str, ...]
+
+
 class Sampler:
     """Rollout sampling for one model architecture and tokenizer.
 
