@@ -72,6 +72,7 @@ from alphaalign_jax.rl import programs as programs_lib  # noqa: E402
 from alphaalign_jax.rl.critic import critic_programs  # noqa: E402
 from alphaalign_jax.rl.optim import optimizer  # noqa: E402
 from alphaalign_jax.rl.step import UpdateBatch  # noqa: E402
+from alphaalign_jax.utilisation import utilisation  # noqa: E402
 from alphaalign_jax.sampling import sampler as sampler_lib  # noqa: E402
 
 
@@ -471,6 +472,7 @@ def plan(c: ml_collections.ConfigDict, topology: str, reuse: dict | None = None,
             "mesh": info["mesh"], "micro_batch_size": c.algo.micro_batch_size,
             "resident_state_bytes": info["state_bytes"], "peak_bytes_a_chip": peak,
             "fits": fits, "step_roofline_s": step_time, "cost": how,
+            "mfu": utilisation(rows, chip.peak_bf16_flops),
             "cost_scale": costs and {name: {k: costs[name][k] / v if v else 1.0
                                             for k, v in cost.items()}
                                      for name, cost in raw.items()},
@@ -486,7 +488,12 @@ def _brief(result: dict[str, Any]) -> str:
     return result.get("error") or (
         f"peak {result['peak_bytes_a_chip'] / GiB:.2f} GiB "
         f"({'fits' if result['fits'] else 'no'}), step {_seconds(result['step_roofline_s'])} "
-        f"({result['cost']})")
+        f"({result['cost']}), MFU " + " / ".join(f"{phase} {_percent(value)}"
+                                                 for phase, value in result["mfu"].items()))
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 def report(result: dict[str, Any]) -> str:
@@ -509,7 +516,10 @@ def report(result: dict[str, Any]) -> str:
               f"peak a chip: {result['peak_bytes_a_chip'] / gib:.2f} of "
               f"{chip['hbm_bytes'] / gib:.0f} GiB: {'fits' if result['fits'] else 'DOES NOT FIT'}",
               f"one RL step at the roofline: {_seconds(result['step_roofline_s'])} "
-              f"(cost {result['cost']})"]
+              f"(cost {result['cost']})",
+              "MFU at the roofline (compiled FLOPs / (roofline time x peak), the most the plan "
+              "allows): " + ", ".join(f"{phase} {_percent(value)}"
+                                      for phase, value in result["mfu"].items())]
     return "\n".join(lines)
 
 

@@ -67,6 +67,9 @@ def test_tiny_config_compiles_for_a_slice_and_its_numbers_follow_its_shapes(tmp_
     assert all(p["flops"] > 0 and p["total"] > 0 for p in plan["programs"])
     update, decode = programs["update (fwd+bwd+optimizer)"], programs["sampler decode (one token)"]
     assert update["flops"] > 20 * decode["flops"]  # 16 x 96 tokens fwd+bwd vs 32 rows x 1 token
+    # utilisation per phase and of the step (tests/test_utilisation.py re-derives it)
+    assert set(plan["mfu"]) == {"rollout", "reference", "update", "step"}
+    assert all(0 < v <= 1 for v in plan["mfu"].values()) and "MFU at the roofline" in out.stdout
 
 
 @pytest.mark.slow
@@ -227,6 +230,8 @@ def test_search_compiles_each_mesh_and_micro_batch_and_ranks_them(tmp_path):
     assert out.stderr.count("compiled update") == 2 * len(meshes)
     best = results[0]
     assert f"mesh {best['mesh']}, micro-batch {best['micro_batch_size']}" in out.stdout
+    assert all(0 < r["mfu"]["step"] <= 1 for r in results)  # each row's utilisation
+    assert out.stdout.count("MFU rollout") == len(results)
 
 
 @pytest.mark.slow
