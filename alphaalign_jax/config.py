@@ -127,6 +127,10 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
         mini_batches=1,  # optimizer steps an epoch, each over a shuffled share of the groups
         micro_batch_size=8,  # sequences per gradient micro-batch
         logprob_chunk=128,  # vocabulary rows a log-prob chunk (memory)
+        # The ratio's old log-probs (pi_old) from the trainer's own forward before the update
+        # (veRL's recompute), not the sampler's: equal in float32, not under bf16, where the
+        # two programs round differently and the first update's ratio is then not 1.
+        recompute_old_logprobs=False,
         # PPO (algorithms with a critic)
         gamma=1.0,  # GAE discount
         lam=1.0,  # GAE lambda

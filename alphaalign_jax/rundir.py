@@ -68,10 +68,11 @@ class RunDirLock:
             self._file = None
 
 
-def open_run(workdir: pathlib.Path, config, *, resuming: bool) -> RunDirLock | None:
+def open_run(workdir: pathlib.Path, config, *, resume: bool) -> RunDirLock | None:
     """Take ``workdir`` for a trainer (process 0; the others get None) and record the config
-    in force, after checking what a resumed run may change (config.check_resume)."""
-    changes = config_lib.check_resume(workdir, config) if resuming else {}
+    in force, after checking what a run resumed from a checkpoint may change
+    (config.check_resume)."""
+    changes = config_lib.check_resume(workdir, config) if resume else {}
     if jax.process_index() != 0:
         return None
     lock = RunDirLock(workdir, "trainer").acquire()

@@ -41,6 +41,7 @@ class RunSettings:
     optimizer: OptimizerSettings
     critic: CriticSettings
     warm_start: rft.WarmStartSettings
+    kl: bool  # a KL term (in the loss, or in the critic's reward) needs a reference
 
 
 def mesh(c: ml_collections.ConfigDict) -> Mesh:
@@ -75,7 +76,8 @@ def loss_settings(c: ml_collections.ConfigDict) -> LossSettings:
 def update_settings(c: ml_collections.ConfigDict) -> UpdateSettings:
     return UpdateSettings(loss_settings(c), micro_batch_size=int(c.algo.micro_batch_size),
                           mini_batches=int(c.algo.mini_batches),
-                          num_updates=int(c.algo.num_updates))
+                          num_updates=int(c.algo.num_updates),
+                          recompute_old_logprobs=bool(c.algo.recompute_old_logprobs))
 
 
 def optimizer_settings(c: ml_collections.ConfigDict,
@@ -144,5 +146,6 @@ def from_config(c: ml_collections.ConfigDict) -> RunSettings:
         update=update_settings(c),
         optimizer=optimizer_settings(c),
         critic=critic_settings(c),
-        warm_start=warm_start_settings(c))
+        warm_start=warm_start_settings(c),
+        kl=bool(c.algo.beta > 0 or c.algo.kl_penalty > 0))
 

@@ -70,8 +70,7 @@ class Trainer:
             self.workdir / "checkpoints", model_config=self.model_config, hf_dir=self.hf_dir,
             max_to_keep=c.train.keep_checkpoints, async_save=c.train.async_checkpointing)
         self.checkpoints.check_latest_model()
-        self.lock = open_run(self.workdir, c, resuming=bool(saved_steps(
-            self.checkpoints.directory)))
+        self.lock = open_run(self.workdir, c, resume=bool(saved_steps(self.checkpoints.directory)))
         model = from_pretrained(self.hf_dir, dtype=c.model.dtype, mesh=self.mesh,
                                 param_dtype=c.model.param_dtype, config=self.model_config)
         self.policy = Policy(model, tokenizer, self.mesh, s.prompt, c.rollout.max_prompt_len)
@@ -81,12 +80,11 @@ class Trainer:
         self.opt_state = shd.init_optimizer(self.tx, self.policy.params, self.mesh)
         self.reward_fn = reward_fn or alphaalign_reward(s.reward, self.hf_dir, self.mesh)
         self.train_step_traces = 0  # the update program's compilations
-        self.update_step, reference_logprobs = update_programs(
+        self.update_step, self.logprobs = update_programs(
             s.update, self.policy.graphdef, self.tx, self.mesh,
             param_shardings=shd.shardings_of(self.policy.params),
             opt_shardings=shd.shardings_of(self.opt_state), on_trace=self._count_trace)
-        self.reference = Reference(self.policy.params if c.algo.beta > 0 or c.algo.kl_penalty > 0
-                                   else None, reference_logprobs)
+        self.reference = Reference(self.policy.params if s.kl else None, self.logprobs)
         self.step = 0
 
     def _count_trace(self) -> None:  # runs when the update step is traced: a compile
@@ -107,6 +105,9 @@ class Trainer:
         batch = rollout_batch(self.mesh, groups.rollouts, s.sampling.num_samples,
                               groups.loss_rows)
         batch = self.reference.logprobs(batch, self.policy.rest)
+        if s.update.recompute_old_logprobs:  # pi_old by the trainer's forward (bf16)
+            batch = batch._replace(old_logp=self.logprobs(self.policy.params, self.policy.rest,
+                                                          batch))
         batch, estimated = self._advantages(batch, groups.rewards)
         jax.block_until_ready(batch)  # the reference pass too, so its time is its own
         t1 = time.perf_counter()
@@ -162,9 +163,8 @@ class Trainer:
                 **(self.critic.state() if self.critic else {})}
 
     def save(self, force: bool = False, validate: bool = True) -> dict[str, float]:
-        """Checkpoint this step, validated first when the run holds prompts back and this is
-        a checkpoint of the schedule (not one a preemption adds: a resumed run validates the
-        same steps); the selection travels in the checkpoint. Returns the val/ metrics."""
+        """Checkpoint this step (validated first on a scheduled one, not one a preemption
+        adds: a resumed run validates the same steps). Returns the val/ metrics."""
         metrics = self.validator(self.step, self.policy) if validate else {}
         selection = self.validator.selection
         if metrics and selection.step == self.step:  # the best so far: out of rotation

@@ -24,13 +24,15 @@ class UpdateSettings:
     micro_batch_size: int  # sequences a gradient micro-batch
     mini_batches: int  # optimizer steps an epoch, each over a share of the groups
     num_updates: int  # epochs over each rollout batch
+    recompute_old_logprobs: bool  # pi_old from the trainer's forward, not the sampler's
 
 
 def update_programs(settings: UpdateSettings, graphdef: nnx.GraphDef,
                     tx: optax.GradientTransformation, mesh, *, param_shardings, opt_shardings,
                     on_trace=lambda: None):
-    """The jitted optimizer step (parameters and optimizer state donated) and the reference
-    log-prob pass. ``on_trace`` runs each time the step is traced (a compile counter)."""
+    """The jitted optimizer step (parameters and optimizer state donated) and the
+    teacher-forced log-prob pass (the reference's, and pi_old's when recomputed). ``on_trace``
+    runs each time the step is traced (a compile counter)."""
     loss = settings.loss
 
     def step_fn(params, rest, opt_state, batch):

@@ -233,8 +233,9 @@ def train_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
                 ref_logp=mb.ref_logp if use_ref else None, clip_low=settings.clip_low,
                 clip_high=settings.clip_high, beta=settings.beta,
                 aggregation=settings.aggregation, max_completion_len=settings.max_completion_len)
-            aux["logp_diff_sum"] = (jnp.abs(jax.lax.stop_gradient(logp) - mb.old_logp)
-                                    * mask).sum()
+            log_ratio = jax.lax.stop_gradient(logp) - mb.old_logp
+            aux["logp_diff_sum"] = (jnp.abs(log_ratio) * mask).sum()
+            aux["ratio_dev_sq_sum"] = jnp.where(mask > 0, jnp.expm1(log_ratio) ** 2, 0.0).sum()
         aux["entropy_sum"] = (entropy * mask).sum()
         return loss_sum, (count, aux)
 
@@ -248,6 +249,9 @@ def train_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
                "tokens": aux["token_count"],
                **{name: finalize(aux[key], aux["token_count"])
                   for name, key in per_token.items() if key in aux}}
+    if "ratio_dev_sq_sum" in aux:  # the ratio's spread about 1: 0 when pi_old is pi_theta
+        metrics["ratio_rms_from_1"] = jnp.sqrt(finalize(aux["ratio_dev_sq_sum"],
+                                                        aux["token_count"]))
     return new_params, new_opt_state, metrics
 
 
