@@ -1,6 +1,7 @@
 """The method's settings shared by the paper-scale configs (AlphaAlign, App. E and method.md)."""
 
 from alphaalign_jax.config import base_config, parse_config_arg
+from alphaalign_jax.rl import algorithms
 
 
 def paper_config(hf_dir: str, arg: str = ""):
@@ -21,7 +22,8 @@ def paper_config(hf_dir: str, arg: str = ""):
     c.reward.rm_dir = "models/FsfairX-LLaMA3-RM-v0.1"  # HF directory, fetched by the user
     c.reward.rm_batch_size = 32
     c.reward.rm_max_len = 2048
-    c.algo.beta = 0.04 if algorithm != "ppo" else 0.0
+    if not algorithms.get(algorithm).critic:  # a KL in the loss; PPO's is in its reward
+        c.algo.beta = 0.04
     c.algo.micro_batch_size = 16
     c.optim.learning_rate = 1e-6  # actor lr
     c.optim.critic_learning_rate = 1e-5

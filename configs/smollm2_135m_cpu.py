@@ -40,6 +40,7 @@ set, an HF export): it proves the plumbing works, not that anything is learnt.
 
 from alphaalign_jax.config import ConfigValueError, base_config, parse_config_arg
 from alphaalign_jax.rewards import REFUSAL_MARKERS, WORKED_EXAMPLES_SYSTEM_PROMPT
+from alphaalign_jax.rl import algorithms
 
 
 # The named options of ``--config=configs/smollm2_135m_cpu.py:OPTION`` and what each does
@@ -86,9 +87,9 @@ def get_config(arg: str = ""):
     c.train.steps = 12
     c.train.prompts_per_step = 4
     c.train.checkpoint_every = 3
-    if algorithm == "ppo":
+    if algorithms.get(algorithm).critic:
         c.optim.critic_learning_rate = 1e-4  # the critic starts from a zero head
-        c.optim.warmup_steps = 4  # 2 mini-batches a step
+        c.optim.warmup_steps = 4  # PPO's 2 mini-batches a step
     if "sampled_warm_start" in options:
         c.rft.update(rounds=20, targets_from="samples", system_prompt=WORKED_EXAMPLES_SYSTEM_PROMPT,
                      temperature=0.7, epochs=2)
