@@ -126,19 +126,24 @@ def assert_one_line(result: subprocess.CompletedProcess, program: str, named: st
 
 class Runs:
     """A program's bad command lines, each with a directory of its own that holds an earlier
-    result (a workdir, an --out) and its snapshot from before the run."""
+    result (a workdir, an --out), run in one process; the directories' snapshots from before."""
 
-    def __init__(self, root: pathlib.Path, count: int) -> None:
-        self.root = root
-        self.dirs = [root / f"existing{i}" for i in range(count)]
+    def __init__(self, root: pathlib.Path, module: str, preload: str, table: list, command):
+        """``command(argv, directory)``: the command line of a row of ``table``."""
+        self.table, self.dirs = table, [root / f"existing{i}" for i in range(len(table))]
         for directory in self.dirs:
             directory.mkdir()
             (directory / "notes.md").write_text("an earlier result\n")
         self.before = [snapshot(d) for d in self.dirs]
-        self.results: list[subprocess.CompletedProcess] = []
+        self.results = run_all(module, preload, [
+            command(argv, directory) for (argv, _), directory in zip(table, self.dirs,
+                                                                     strict=True)],
+            root / "out.json")
 
-    def unchanged(self, i: int) -> bool:
-        return snapshot(self.dirs[i]) == self.before[i]
+    def check(self, case: int, program: str) -> None:
+        """One line naming what the row names, exit status 2, its directory untouched."""
+        assert_one_line(self.results[case], program, self.table[case][1])
+        assert snapshot(self.dirs[case]) == self.before[case]
 
 
 LIBRARIES = "alphaalign_jax.trainer,transformers"
@@ -146,41 +151,48 @@ LIBRARIES = "alphaalign_jax.trainer,transformers"
 
 @pytest.fixture(scope="module")
 def train_runs(tmp_path_factory, smollm2_dir) -> Runs:
-    runs = Runs(tmp_path_factory.mktemp("train"), len(TRAIN))
-    (runs.root / "bad_row.jsonl").write_text(
+    root = tmp_path_factory.mktemp("train")
+    (root / "bad_row.jsonl").write_text(
         json.dumps({"prompt": "Hi", "label": "benign", "source": "t", "id": "1"}) + "\n"
         + json.dumps({"prompt": "Hi", "label": "maybe", "source": "t", "id": "2"}) + "\n")
-    runs.results = run_all("alphaalign_jax.train", LIBRARIES, [
-        [a.replace("{tmp}", str(runs.root)) for a in argv] + [f"--workdir={directory}"]
-        for (argv, _), directory in zip(TRAIN, runs.dirs, strict=True)], runs.root / "out.json")
-    return runs
+    return Runs(root, "alphaalign_jax.train", LIBRARIES, TRAIN, lambda argv, directory: [
+        a.replace("{tmp}", str(root)) for a in argv] + [f"--workdir={directory}"])
+
+
+@pytest.fixture(scope="module")
+def evaluate_runs(tmp_path_factory, smollm2_dir) -> Runs:
+    return Runs(tmp_path_factory.mktemp("evaluate"), "alphaalign_jax.evaluate", LIBRARIES,
+                EVALUATE, lambda argv, directory: (
+                    [] if "--model" in argv else ["--model", str(smollm2_dir)])
+                + ["--out", str(directory), "--judge", "none", *argv])
+
+
+@pytest.fixture(scope="module")
+def convert_runs(tmp_path_factory, smollm2_dir) -> Runs:
+    return Runs(tmp_path_factory.mktemp("convert"), "tools.convert_checkpoint",
+                "alphaalign_jax.checkpoint,transformers", CONVERT, lambda argv, directory: [
+                    a.format(out=directory, smollm2=smollm2_dir) for a in argv])
 
 
 @pytest.mark.assets
 @pytest.mark.parametrize("case", range(len(TRAIN)), ids=[" ".join(a[1:] or a) for a, _ in TRAIN])
 @pytest.mark.slow
 def test_train(case, train_runs):
-    assert_one_line(train_runs.results[case], "train", TRAIN[case][1])
-    assert train_runs.unchanged(case)
-
-
-@pytest.fixture(scope="module")
-def evaluate_runs(tmp_path_factory, smollm2_dir) -> Runs:
-    runs = Runs(tmp_path_factory.mktemp("evaluate"), len(EVALUATE))
-    runs.results = run_all("alphaalign_jax.evaluate", LIBRARIES, [
-        ([] if "--model" in argv else ["--model", str(smollm2_dir)])
-        + ["--out", str(directory), "--judge", "none", *argv]
-        for (argv, _), directory in zip(EVALUATE, runs.dirs, strict=True)],
-        runs.root / "out.json")
-    return runs
+    train_runs.check(case, "train")
 
 
 @pytest.mark.assets
 @pytest.mark.parametrize("case", range(len(EVALUATE)), ids=[" ".join(a) for a, _ in EVALUATE])
 @pytest.mark.slow
 def test_evaluate(case, evaluate_runs):
-    assert_one_line(evaluate_runs.results[case], "evaluate", EVALUATE[case][1])
-    assert evaluate_runs.unchanged(case)
+    evaluate_runs.check(case, "evaluate")
+
+
+@pytest.mark.assets
+@pytest.mark.parametrize("case", range(len(CONVERT)), ids=[" ".join(a) for a, _ in CONVERT])
+@pytest.mark.slow
+def test_convert(case, convert_runs):
+    convert_runs.check(case, "convert_checkpoint")
 
 
 @pytest.mark.assets
@@ -195,24 +207,6 @@ def test_aot(argv, named, tmp_path, smollm2_dir):
     result = run("alphaalign_jax.aot", argv)
     assert_one_line(result, "aot", named)
     assert list(tmp_path.iterdir()) == []
-
-
-@pytest.fixture(scope="module")
-def convert_runs(tmp_path_factory, smollm2_dir) -> Runs:
-    runs = Runs(tmp_path_factory.mktemp("convert"), len(CONVERT))
-    runs.results = run_all("tools.convert_checkpoint", "alphaalign_jax.checkpoint,transformers", [
-        [a.format(out=directory, smollm2=smollm2_dir) for a in argv]
-        for (argv, _), directory in zip(CONVERT, runs.dirs, strict=True)],
-        runs.root / "out.json")
-    return runs
-
-
-@pytest.mark.assets
-@pytest.mark.parametrize("case", range(len(CONVERT)), ids=[" ".join(a) for a, _ in CONVERT])
-@pytest.mark.slow
-def test_convert(case, convert_runs):
-    assert_one_line(convert_runs.results[case], "convert_checkpoint", CONVERT[case][1])
-    assert convert_runs.unchanged(case)
 
 
 # Every field validate() checks, and a value out of its range.
