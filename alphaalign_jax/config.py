@@ -131,6 +131,10 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
         # (veRL's recompute), not the sampler's: equal in float32, not under bf16, where the
         # two programs round differently and the first update's ratio is then not 1.
         recompute_old_logprobs=False,
+        # The ratio against the update's own log-probs (stop-gradient: exactly 1) instead of
+        # pi_old's: for one update a step (num_updates = mini_batches = 1), where pi_old is the
+        # policy being updated; removes the bf16 rounding gap between two programs.
+        on_policy_ratio=False,
         # PPO (algorithms with a critic)
         gamma=1.0,  # GAE discount
         lam=1.0,  # GAE lambda
@@ -286,6 +290,9 @@ def _checks(c: ml_collections.ConfigDict, num_devices: int) -> Iterator[tuple[bo
     yield (t.prompts_per_step % max(a.mini_batches, 1) == 0 and a.mini_batches >= 1,
            "algo.mini_batches", f"must be >= 1 and divide train.prompts_per_step = "
            f"{t.prompts_per_step} (mini-batches hold whole groups)")
+    yield (not a.on_policy_ratio or a.num_updates == a.mini_batches == 1, "algo.on_policy_ratio",
+           "needs one update a step (algo.num_updates = algo.mini_batches = 1): a later update's "
+           "pi_old is not the policy it updates")
     yield (0 <= a.gamma <= 1, "algo.gamma", "must be in [0, 1]")
     yield (0 <= a.lam <= 1, "algo.lam", "must be in [0, 1]")
     yield (a.kl_penalty >= 0, "algo.kl_penalty", "must be >= 0")

@@ -70,7 +70,8 @@ def loss_settings(c: ml_collections.ConfigDict) -> LossSettings:
         beta=float(c.algo.beta), aggregation=str(c.algo.aggregation),
         max_completion_len=int(c.rollout.max_new_tokens),
         temperature=float(c.rollout.temperature), logprob_chunk=int(c.algo.logprob_chunk),
-        group_size=int(c.rollout.num_samples), remat=bool(c.model.remat))
+        group_size=int(c.rollout.num_samples), remat=bool(c.model.remat),
+        on_policy=bool(c.algo.on_policy_ratio))
 
 
 def update_settings(c: ml_collections.ConfigDict) -> UpdateSettings:

@@ -101,10 +101,15 @@ class Validator:
         prompts)."""
         if not self.records:
             return {}
-        metrics = validate(policy, self.records, *self.settings)
+        metrics = self.score(step, policy)
         self.selection.offer(step, metrics)
         if jax.process_index() == 0:
             (self.workdir / "selected.json").write_text(json.dumps(self.selection.state()))
             logging.info("validation at step %d: %s; selected step %d", step, ", ".join(
                 f"{k} {v:.3f}" for k, v in metrics.items()), self.selection.step)
         return metrics
+
+    def score(self, step: int, policy) -> dict[str, float]:
+        """The val/ metrics of checkpoint ``step``: its greedy answers, scored."""
+        del step  # the answers are the policy's
+        return validate(policy, self.records, *self.settings)

@@ -24,6 +24,10 @@ def paper_config(hf_dir: str, arg: str = ""):
     c.reward.rm_max_len = 2048
     if not algorithms.get(algorithm).critic:  # a KL in the loss; PPO's is in its reward
         c.algo.beta = 0.04
+        # One update a step under bf16 compute: the ratio against the update's own log-probs
+        # (exactly 1), not the sampler's, which bf16 puts 4% from it on the first update
+        # (docs/experiments/2026-12-04-pi-old-under-bf16.md).
+        c.algo.on_policy_ratio = True
     c.algo.micro_batch_size = 16
     c.optim.learning_rate = 1e-6  # actor lr
     c.optim.critic_learning_rate = 1e-5

@@ -33,7 +33,7 @@ examples and prompts as written, 36 steps; it refuses every held-out prompt.
 ``ppo``: a critic from the policy at lr 1e-4 and GAE instead of GRPO.
 ``rloo``: RLOO's leave-one-out baseline instead of GRPO's group normalisation (also ``dapo``,
 ``dr_grpo``).
-``smoke``: the whole pipeline in about 3 minutes (a one-batch warm start, 2 GRPO steps of short
+``smoke``: the whole pipeline in about 2 minutes (a one-batch warm start, 2 GRPO steps of short
 rollouts on the verifiers' reward without KL, a checkpoint, a held-out evaluation of 4 prompts a
 set, an HF export): it proves the plumbing works, not that anything is learnt.
 """
@@ -46,7 +46,7 @@ from alphaalign_jax.rl import algorithms
 # The named options of ``--config=configs/smollm2_135m_cpu.py:OPTION`` and what each does
 # (``train --help`` lists them).
 OPTIONS = {
-    "smoke": "the whole pipeline in ~3 min (plumbing, not learning): warm start, 2 steps, "
+    "smoke": "the whole pipeline in ~2 min (plumbing, not learning): warm start, 2 steps, "
              "checkpoint, a tiny evaluation, HF export",
     "scaffold": "the worked examples as the system prompt during RL, no warm start, 20 steps",
     "prefix_reward": "the paper's refusal reading (prefix list only)",
@@ -61,7 +61,7 @@ def get_config(arg: str = ""):
     default grpo) and the options of ``OPTIONS`` (the module docstring)."""
     algorithm, options = parse_config_arg(arg, options=tuple(OPTIONS))
     if "smoke" in options and options & set(LONG_OPTIONS):
-        raise ConfigValueError(f"config argument {arg!r}: smoke is a 3-minute check of the "
+        raise ConfigValueError(f"config argument {arg!r}: smoke is a 2-minute check of the "
                                f"pipeline; {sorted(options & set(LONG_OPTIONS))} make a long "
                                "run: drop one")
     c = base_config(algorithm)

@@ -13,6 +13,7 @@ import pytest
 
 from alphaalign_jax import config as config_lib
 from alphaalign_jax import train as train_lib
+from alphaalign_jax import warm_start
 from alphaalign_jax.data.records import PromptRecord
 from alphaalign_jax import rewards
 from alphaalign_jax.rewards import DEFAULT_REFUSAL_PHRASES, REFUSAL_MARKERS, SafetyRewardConfig
@@ -163,7 +164,7 @@ def test_warm_start_fits_its_targets_and_is_saved_once(tiny_files, tmp_path, mon
     assert sorted(trainer.checkpoints.all_steps()) == [0, 1]
 
     calls = []
-    monkeypatch.setattr(train_lib.Trainer, "warm_start", lambda self: calls.append(1))
+    monkeypatch.setattr(warm_start, "warm_start", lambda *args: calls.append(1))
     config = _tiny_config(*tiny_files)
     config.train.steps = 2
     train_lib.Trainer(config, tmp_path).run()  # resumes at step 1

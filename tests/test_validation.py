@@ -90,7 +90,7 @@ def _config(tiny, steps: int):
 @pytest.mark.slow
 def test_a_run_validates_its_checkpoints_on_prompts_it_never_trains_on(tiny, tmp_path):
     trainer = train_lib.Trainer(_config(tiny, 4), tmp_path)
-    held = {r.id for r in trainer.validation_records}
+    held = {r.id for r in trainer.validator.records}
     assert len(held) == 2
     trainer.run()
     assert not held & {r.id for _ in range(8) for r in trainer.prompts.next()}
@@ -107,9 +107,9 @@ def test_the_selected_checkpoint_outlives_rotation_and_a_resumed_run_selects_ali
     newest although keep_checkpoints=1, evaluated and exported by ``finish``; a run stopped
     at step 2 and resumed selects the same and logs the same metrics."""
     gaps = {2: 0.1, 4: 0.7, 6: 0.3}
-    monkeypatch.setattr(train_lib.Trainer, "validate", lambda self: {
-        "val/format": 1.0, "val/refused_harmful": gaps[self.step],
-        "val/refused_benign": 0.0, "val/gap": gaps[self.step]})
+    monkeypatch.setattr(validation.Validator, "score", lambda self, step, policy: {
+        "val/format": 1.0, "val/refused_harmful": gaps[step],
+        "val/refused_benign": 0.0, "val/gap": gaps[step]})
     whole = tmp_path / "whole"
     train_lib.Trainer(_config(tiny, 6), whole).run()
     assert json.loads((whole / "selected.json").read_text()) == {"step": 4, "gap": 0.7}

@@ -64,6 +64,9 @@ class LossSettings(NamedTuple):
     # "clipped": the clipped-ratio policy-gradient loss (advantages, old log-probs);
     # "nll": supervised fine-tuning on the masked tokens (the RFT warm start).
     kind: str = "clipped"
+    # The ratio against the stop-gradient of the update's own log-probs (exactly 1), not the
+    # sampler's: right when a step makes one update on fresh rollouts (pi_old is pi_theta).
+    on_policy: bool = False
 
 
 def completion_logprobs(model: nnx.Module, tokens: Array, attention_mask: Array,
@@ -228,14 +231,16 @@ def train_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
         if settings.kind == "nll":
             loss_sum, count, aux = nll_loss(logp, mask)
         else:
+            old_logp = jax.lax.stop_gradient(logp) if settings.on_policy else mb.old_logp
             loss_sum, count, aux = grpo_loss(
-                logp, mb.old_logp, mb.advantages, mask,
+                logp, old_logp, mb.advantages, mask,
                 ref_logp=mb.ref_logp if use_ref else None, clip_low=settings.clip_low,
                 clip_high=settings.clip_high, beta=settings.beta,
                 aggregation=settings.aggregation, max_completion_len=settings.max_completion_len)
-            log_ratio = jax.lax.stop_gradient(logp) - mb.old_logp
-            aux["logp_diff_sum"] = (jnp.abs(log_ratio) * mask).sum()
-            aux["ratio_dev_sq_sum"] = jnp.where(mask > 0, jnp.expm1(log_ratio) ** 2, 0.0).sum()
+            current = jax.lax.stop_gradient(logp)
+            aux["logp_diff_sum"] = (jnp.abs(current - mb.old_logp) * mask).sum()  # the sampler's
+            aux["ratio_dev_sq_sum"] = jnp.where(  # the loss's ratio
+                mask > 0, jnp.expm1(current - old_logp) ** 2, 0.0).sum()
         aux["entropy_sum"] = (entropy * mask).sum()
         return loss_sum, (count, aux)
 
