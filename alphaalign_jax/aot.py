@@ -58,7 +58,7 @@ from tqdm import tqdm  # noqa: E402
 from alphaalign_jax import config as config_lib  # noqa: E402
 from alphaalign_jax import sharding as shd  # noqa: E402
 from alphaalign_jax import train as train_lib  # noqa: E402
-from alphaalign_jax.models import ModelConfig  # noqa: E402
+from alphaalign_jax.models import ModelConfig, trainable  # noqa: E402
 from alphaalign_jax.models.hf_io import abstract_model, architecture, param_shardings  # noqa: E402
 from alphaalign_jax.rewards import safety_judge  # noqa: E402
 from alphaalign_jax.rewards.reward_models import (  # noqa: E402
@@ -158,11 +158,10 @@ def _largest(tree, n: int = 5) -> list[str]:
 def _model_state(config: ModelConfig, dtype: str, param_dtype: str, mesh):
     """Abstract (graphdef, params, rest) of a model, sharded by the project's rules."""
     model = abstract_model(config, jnp.dtype(dtype), jnp.dtype(param_dtype))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    for state, shardings in ((params, param_shardings(params, mesh)),
-                             (rest, jax.tree.map(lambda _: shd.replicated(mesh), rest))):
+    graphdef, params, rest = nnx.split(model, trainable(config), ...)
+    for state in (params, rest):  # under LoRA ``rest`` holds the frozen base, sharded alike
         nnx.replace_by_pure_dict(state, _abstract(nnx.to_pure_dict(state),
-                                                  nnx.to_pure_dict(shardings)))
+                                                  nnx.to_pure_dict(param_shardings(state, mesh))))
     return graphdef, params, rest
 
 
@@ -221,7 +220,7 @@ def _architectures(c: ml_collections.ConfigDict) -> tuple[ModelConfig, ModelConf
         rm = architecture(c.reward.rm_dir, "config.reward.rm_dir")
     elif c.reward.helpfulness != "none":
         rm = policy  # the LM judge scores with the policy's architecture
-    return dataclasses.replace(policy, scan_layers=bool(c.model.scan_layers)), rm
+    return config_lib.run_architecture(c, policy), rm
 
 
 def _policy_state(c: ml_collections.ConfigDict, policy: ModelConfig, mesh):
@@ -243,13 +242,19 @@ def _scorer_states(c: ml_collections.ConfigDict, rm: ModelConfig | None, mesh) -
             for name, arch in archs.items() if arch is not None}
 
 
-def _state_bytes(c: ml_collections.ConfigDict, params, opt_state, scorers: dict
+def _state_bytes(c: ml_collections.ConfigDict, params, rest, opt_state, scorers: dict
                  ) -> dict[str, int]:
-    """Bytes a chip of what stays resident through a step (the critic's are added with it)."""
-    out = {"policy parameters": _per_device_bytes(params),
-           "optimizer state": _per_device_bytes(opt_state)}
+    """Bytes a chip of what stays resident through a step (the critic's are added with it).
+    Under LoRA the policy's trained parameters are its adapters, and the frozen base is also
+    the KL reference: the reference is a copy of the adapters alone."""
+    out = {"policy parameters": _per_device_bytes(params)}
+    if c.model.lora_rank:
+        out = {"frozen base parameters": _per_device_bytes(rest),
+               "adapters": _per_device_bytes(params)}
+    out["optimizer state"] = _per_device_bytes(opt_state)
     if c.algo.beta > 0 or c.algo.kl_penalty > 0:
-        out["reference parameters"] = out["policy parameters"]
+        out["reference " + ("adapters" if c.model.lora_rank else "parameters")] = \
+            _per_device_bytes(params)
     out.update({name: _per_device_bytes(state[1]) for name, state in scorers.items()})
     return out
 
@@ -259,8 +264,8 @@ def resident_bytes(c: ml_collections.ConfigDict, devices: list[jax.Device]) -> i
     a lower bound of any program's need, so the search skips meshes it already rules out."""
     mesh = shd.make_mesh(dict(c.mesh), devices=devices)
     policy, rm = _architectures(c)
-    _, params, _, _, _, opt_state = _policy_state(c, policy, mesh)
-    return sum(_state_bytes(c, params, opt_state, _scorer_states(c, rm, mesh)).values())
+    _, params, rest, _, _, opt_state = _policy_state(c, policy, mesh)
+    return sum(_state_bytes(c, params, rest, opt_state, _scorer_states(c, rm, mesh)).values())
 
 
 def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device],
@@ -302,11 +307,11 @@ def compile_programs(c: ml_collections.ConfigDict, devices: list[jax.Device],
     micro_batches = prompts * group // c.algo.micro_batch_size
     largest = _largest({"params": params, "optimizer": opt_state})
     scorers = _scorer_states(c, rm, mesh)
-    state_bytes = _state_bytes(c, params, opt_state, scorers)
+    state_bytes = _state_bytes(c, params, rest, opt_state, scorers)
     try:
         programs = _update_programs(c, params, rest, opt_state, step, reference,
                                     update_batch, micro_batches,
-                                    "reference parameters" in state_bytes)
+                                    any(k.startswith("reference") for k in state_bytes))
         reuse = {} if reuse is None else reuse
         if "rollout" not in reuse:
             reuse["rollout"] = _rollout_programs(c, graphdef, params, rest, scorers, rows,
@@ -327,11 +332,12 @@ def _update_programs(c, params, rest, opt_state, step, reference, update_batch,
     mini_batch = update_batch(c.train.prompts_per_step // c.algo.mini_batches)
     programs = [Program("update (fwd+bwd+optimizer)",
                         _compile("update", step.lower(params, rest, opt_state, mini_batch)),
-                        _per_device_bytes((params, opt_state)), micro_batches * c.algo.num_updates)]
+                        _per_device_bytes((params, rest, opt_state)),
+                        micro_batches * c.algo.num_updates)]
     if has_reference:
         programs.append(Program("reference log-probs", _compile(
             "reference", reference.lower(params, rest, update_batch(c.train.prompts_per_step))),
-            _per_device_bytes(params), micro_batches))
+            _per_device_bytes((params, rest)), micro_batches))
     return programs
 
 
@@ -368,7 +374,7 @@ def _critic_programs(c, policy: ModelConfig, mesh, update_batch, micro_batches: 
                      state_bytes: dict[str, int]) -> list[Program]:
     """PPO's critic (the policy's architecture with a 1-label head): its value pass over the
     rollout batch and its update on a mini-batch; its parameters and Adam state stay resident."""
-    graphdef, params, rest = _model_state(dataclasses.replace(policy, num_labels=1),
+    graphdef, params, rest = _model_state(dataclasses.replace(policy, num_labels=1, lora=None),
                                           c.model.dtype, c.model.param_dtype, mesh)
     settings = settings_lib.critic_settings(c)
     tx, _ = optimizer(settings.optimizer)
@@ -410,7 +416,7 @@ def _sampler_programs(c, graphdef, params, rest, mesh, width: int, new: int) -> 
                       compiled_prefill.output_shardings)
     one_step = jax.jit(lambda s, st: sampler_lib.decode_step(
         nnx.merge(sampler_graphdef, s), st, ctl, mode, mesh))
-    weights = _per_device_bytes(params)
+    weights = _per_device_bytes((params, rest))
     return [Program("sampler prefill", compiled_prefill, weights, 1),
             Program("sampler decode (one token)",
                     _compile("decode step", one_step.lower(state, st)), weights, new - 1),

@@ -34,11 +34,12 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
-from alphaalign_jax.models import ModelConfig, Transformer
+from alphaalign_jax.models import LoraConfig, ModelConfig, Transformer, trainable
 from alphaalign_jax.models.hf_io import (
     TOKENIZER_FILES,
     CheckpointError,
     abstract_model,
+    from_pretrained,
     has_tokenizer_files,
     param_shardings,
 )
@@ -124,18 +125,35 @@ def verify_checkpoint(path: str | pathlib.Path, field: str) -> pathlib.Path:
 
 
 def param_dict(model: Transformer) -> dict:
-    """Trainable parameters as a nested pure dict (what orbax stores)."""
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    """Trained parameters as a nested pure dict (what orbax stores): under LoRA the adapters
+    alone (the frozen base is read from its Hugging Face directory), else every weight."""
+    return nnx.to_pure_dict(nnx.state(model, trainable(model.config)))
 
 
-def model_config_item(config: ModelConfig, tokenizer_dir: str | None) -> dict[str, Any]:
+def model_config_item(config: ModelConfig, tokenizer_dir: str | None,
+                      base_dir: str | None = None) -> dict[str, Any]:
+    """The checkpoint's ``model_config`` item. A LoRA checkpoint also names ``base_dir``,
+    the Hugging Face directory of the frozen weights its adapters sit on."""
+    if config.lora is not None and base_dir is None:
+        raise ValueError("a LoRA model's checkpoint needs the base model's directory")
     return {"hf_config": config.hf_config, "scan_layers": config.scan_layers,
-            "tokenizer_dir": tokenizer_dir}
+            "tokenizer_dir": tokenizer_dir,
+            "lora": None if config.lora is None else dataclasses.asdict(config.lora),
+            "base_dir": None if config.lora is None else str(base_dir)}
+
+
+def _model_config_item(path: pathlib.Path) -> dict[str, Any]:
+    if not (path / "model_config").exists():
+        raise CheckpointError(f"{path}: not an alphaalign checkpoint (no model_config item)")
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
+        path, ocp.args.Composite(model_config=ocp.args.JsonRestore()))["model_config"]
 
 
 def save_model(path: str | pathlib.Path, model: Transformer, *,
-               tokenizer_dir: str | pathlib.Path | None = None) -> pathlib.Path:
-    """Write a standalone parameter checkpoint (tokenizer files copied inside)."""
+               tokenizer_dir: str | pathlib.Path | None = None,
+               base_dir: str | pathlib.Path | None = None) -> pathlib.Path:
+    """Write a standalone parameter checkpoint (tokenizer files copied inside); a LoRA
+    model's holds its adapters and names ``base_dir``, the frozen weights' HF directory."""
     path = pathlib.Path(path).absolute()
     if path.exists():
         raise FileExistsError(f"{path}: checkpoint directory already exists")
@@ -148,7 +166,7 @@ def save_model(path: str | pathlib.Path, model: Transformer, *,
     checkpointer.save(path, ocp.args.Composite(
         params=ocp.args.StandardSave(param_dict(model)),
         model_config=ocp.args.JsonSave(model_config_item(
-            model.config, TOKENIZER_SUBDIR if tokenizer_dir else None))))
+            model.config, TOKENIZER_SUBDIR if tokenizer_dir else None, base_dir))))
     if tokenizer_dir is not None:
         (path / TOKENIZER_SUBDIR).mkdir()
         for fname in TOKENIZER_FILES:
@@ -162,13 +180,13 @@ def save_model(path: str | pathlib.Path, model: Transformer, *,
 def read_model_config(path: str | pathlib.Path) -> tuple[ModelConfig, pathlib.Path | None]:
     """The model config stored in a checkpoint, and its tokenizer directory (if any)."""
     path = pathlib.Path(path).absolute()
-    if not (path / "model_config").exists():
-        raise CheckpointError(f"{path}: not an alphaalign checkpoint (no model_config item)")
-    item = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
-        path, ocp.args.Composite(model_config=ocp.args.JsonRestore()))["model_config"]
+    item = _model_config_item(path)
+    lora = item.get("lora")
     config = dataclasses.replace(
         ModelConfig.from_hf_dict(item["hf_config"], source=f"{path}/model_config"),
-        scan_layers=bool(item.get("scan_layers", False)))
+        scan_layers=bool(item.get("scan_layers", False)),
+        lora=None if lora is None else LoraConfig(lora["rank"], lora["alpha"],
+                                                  tuple(lora["targets"])))
     tok = item.get("tokenizer_dir")
     tok_path = None if tok is None else (path / tok if not pathlib.Path(tok).is_absolute()
                                          else pathlib.Path(tok))
@@ -188,8 +206,16 @@ def load_model(path: str | pathlib.Path, *, dtype: str | jnp.dtype = "float32",
         raise CheckpointError(f"{path}: checkpoint is of a different model "
                               f"({config_diff(config, expect_config)})")
     dtype = jnp.dtype(dtype)
-    model = abstract_model(config, dtype, jnp.dtype(param_dtype or dtype))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    param_dtype = jnp.dtype(param_dtype or dtype)
+    if config.lora is None:
+        model = abstract_model(config, dtype, param_dtype)
+    else:  # the frozen base from its directory, the adapters from the checkpoint
+        base = pathlib.Path(_model_config_item(path)["base_dir"])
+        if not (base / "config.json").is_file():
+            raise CheckpointError(f"{path}: a LoRA checkpoint whose base model directory "
+                                  f"{base} is gone; the adapters need its weights")
+        model = from_pretrained(base, dtype, mesh, param_dtype=param_dtype, config=config)
+    graphdef, params, rest = nnx.split(model, trainable(config), ...)
     if mesh is not None:
         shardings = param_shardings(params, mesh)
         target = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
@@ -208,7 +234,7 @@ def config_diff(a: ModelConfig, b: ModelConfig) -> str:
     """The architecture fields in which ``a`` and ``b`` differ, for error messages."""
     fields = [f for f in ("model_type", "vocab_size", "hidden_size", "intermediate_size",
                           "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                          "tie_word_embeddings", "rope", "scan_layers")
+                          "tie_word_embeddings", "rope", "scan_layers", "lora")
               if getattr(a, f) != getattr(b, f)]
     return ", ".join(f"{f}: {getattr(a, f)} != {getattr(b, f)}" for f in fields) or "config differs"
 
@@ -311,6 +337,15 @@ class TrainCheckpoints:
                 f"{'stacked' if found.scan_layers else 'one a layer'}, but "
                 f"config.model.scan_layers={self.model_config.scan_layers}; resume with "
                 f"--config.model.scan_layers={found.scan_layers}")
+        if found.lora != self.model_config.lora:
+            raise CheckpointError(
+                f"{self.step_dir(step)}: checkpoint was trained "
+                + (f"with LoRA (rank {found.lora.rank}, alpha {found.lora.alpha}, targets "
+                   f"{list(found.lora.targets)})" if found.lora else "without LoRA")
+                + " but config.model.lora_rank="
+                + f"{self.model_config.lora.rank if self.model_config.lora else 0}; resume with "
+                + (f"--config.model.lora_rank={found.lora.rank} and its alpha and targets"
+                   if found.lora else "--config.model.lora_rank=0"))
         if found.hf_config != self.model_config.hf_config:
             raise CheckpointError(
                 f"{self.step_dir(step)}: checkpoint is of a different model than "
@@ -330,8 +365,8 @@ class TrainCheckpoints:
         try:
             saved = self.manager.save(step, args=ocp.args.Composite(
                 **{name: ocp.args.StandardSave(tree) for name, tree in state.items()},
-                model_config=ocp.args.JsonSave(model_config_item(self.model_config,
-                                                                 str(self.hf_dir))),
+                model_config=ocp.args.JsonSave(model_config_item(
+                    self.model_config, str(self.hf_dir), str(self.hf_dir))),
                 train_state=ocp.args.JsonSave(train_state)), force=force)
         except Exception as e:
             raise self._write_error(step, e) from e

@@ -12,6 +12,7 @@ lines' one-line errors (:func:`usage_error`, :class:`OneLineParser`) live here t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
@@ -22,6 +23,7 @@ from typing import NoReturn
 import ml_collections
 from absl import logging
 
+from alphaalign_jax.models.config import LORA_TARGETS, LoraConfig, ModelConfig, lora_problems
 from alphaalign_jax.rewards import DEFAULT_REFUSAL_PHRASES, DEFAULT_SAFETY_TEMPLATE, MARKER_SCOPES
 from alphaalign_jax.rewards.verifiers import REASONING_OPEN
 from alphaalign_jax.validation import SELECT
@@ -52,6 +54,12 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
         # compiled programs hold one block, whatever the depth (a 36-layer model compiles in
         # about the time of a 1-layer one). Checkpoints keep the layout they were written in.
         scan_layers=False,
+        # LoRA (models/config.py LoraConfig): train rank-r adapters on the target projections
+        # instead of every weight; the frozen base is also the KL reference, and checkpoints
+        # hold the adapters. 0 = full fine-tuning.
+        lora_rank=0,
+        lora_alpha=16.0,  # the adapters' output is scaled by lora_alpha / lora_rank
+        lora_targets=LORA_TARGETS,  # of the projections q/k/v/o_proj, gate/up/down_proj
     )
     c.mesh = dict(data=1, fsdp=-1, tensor=1)  # device mesh axis sizes; -1: all remaining devices
     c.data = dict(
@@ -227,6 +235,9 @@ def _checks(c: ml_collections.ConfigDict, num_devices: int) -> Iterator[tuple[bo
            f"'{c.model.dtype}' is not float32 or bfloat16")
     yield (c.model.param_dtype in ("float32", "bfloat16"), "model.param_dtype",
            f"'{c.model.param_dtype}' is not float32 or bfloat16")
+    for field, problem in lora_problems(c.model.lora_rank, c.model.lora_alpha,
+                                        tuple(c.model.lora_targets)):
+        yield (False, field, problem)
     for axis in ("data", "fsdp", "tensor"):
         yield (c.mesh[axis] >= 1 or c.mesh[axis] == -1, f"mesh.{axis}",
                f"must be >= 1, or -1 for the devices left, got {c.mesh[axis]}")
@@ -489,12 +500,20 @@ def check_inputs(c: ml_collections.ConfigDict, hf_dir: pathlib.Path):
     return policy
 
 
+def run_architecture(c: ml_collections.ConfigDict, architecture: ModelConfig) -> ModelConfig:
+    """The policy's ``architecture`` in the run's layout: scanned layers, LoRA adapters."""
+    lora = (LoraConfig(int(c.model.lora_rank), float(c.model.lora_alpha),
+                       tuple(c.model.lora_targets)) if c.model.lora_rank else None)
+    return dataclasses.replace(architecture, scan_layers=bool(c.model.scan_layers), lora=lora)
+
+
 # What a resumed run may not change: each decides what its checkpoints hold (the algorithm
 # and so the critic, the model, its parameters' dtype and layout, LoRA, whether the optimizer
 # clips) or how the data position and the step's RNG read on (the batch's shape, the data,
 # the seeds, the warm start that made step 0). A section's name covers its fields. Any other
 # change (steps, logging, checkpoint cadence, learning rate, ...) is allowed and recorded.
-STATE_FIELDS = ("algo.name", "model.hf_dir", "model.param_dtype", "model.scan_layers", "lora",
+STATE_FIELDS = ("algo.name", "model.hf_dir", "model.param_dtype", "model.scan_layers",
+                "model.lora_rank", "model.lora_alpha", "model.lora_targets",
                 "optim.max_grad_norm", "algo.mini_batches", "train.prompts_per_step",
                 "train.seed", "rollout.num_samples", "rollout.dynamic_sampling",
                 "rollout.oversample", "data", "rft")

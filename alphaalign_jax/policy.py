@@ -7,7 +7,7 @@ import dataclasses
 from flax import nnx
 
 from alphaalign_jax.data.records import PromptRecord
-from alphaalign_jax.models import Transformer
+from alphaalign_jax.models import Transformer, trainable
 from alphaalign_jax.rewards import scored_response
 from alphaalign_jax.rewards.template import PROMPT_PLACEHOLDER, PromptFormat, build_chat_prompt
 from alphaalign_jax.sampling import Rollouts, Sampler, SamplingSettings
@@ -19,7 +19,7 @@ class Policy:
 
     def __init__(self, model: Transformer, tokenizer, mesh, prompt: PromptFormat,
                  max_prompt_len: int) -> None:
-        self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
+        self.graphdef, self.params, self.rest = nnx.split(model, trainable(model.config), ...)
         self.tokenizer, self.format = tokenizer, prompt
         self.sampler = Sampler(model, tokenizer, mesh=mesh, max_prompt_len=max_prompt_len)
 

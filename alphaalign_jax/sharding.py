@@ -39,6 +39,7 @@ LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {
     "head_dim": None,
     "norm": None,
     "classes": None,
+    "lora_rank": None,  # an adapter's rank: small, never sharded
 }
 
 

@@ -59,8 +59,7 @@ class Trainer:
         # so a checkpoint names its tokenizer wherever it is read from.
         self.workdir = pathlib.Path(workdir).absolute()
         self.hf_dir = pathlib.Path(c.model.hf_dir or assets.fetch_smollm2(quiet=True)).absolute()
-        self.model_config = dataclasses.replace(config_lib.check_inputs(c, self.hf_dir),
-                                                scan_layers=bool(c.model.scan_layers))
+        self.model_config = config_lib.run_architecture(c, config_lib.check_inputs(c, self.hf_dir))
         tokenizer = load_tokenizer(self.hf_dir, "config.model.hf_dir")
         self.prompts, held_back = training_prompts(c, tokenizer, s.prompt)
         self.validator = validation.Validator(

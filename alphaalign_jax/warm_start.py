@@ -24,7 +24,7 @@ from flax import nnx
 from alphaalign_jax import sharding as shd
 from alphaalign_jax.checkpoint import load_model, save_model, verify_checkpoint
 from alphaalign_jax.data.records import PromptRecord
-from alphaalign_jax.models import ModelConfig
+from alphaalign_jax.models import ModelConfig, trainable
 from alphaalign_jax.policy import Policy
 from alphaalign_jax.rl import rft
 from alphaalign_jax.rl.batches import device_batch
@@ -109,7 +109,7 @@ def save(path: pathlib.Path, policy: Policy, tokenizer_dir: pathlib.Path) -> Non
     """The warm-started policy to ``path`` (a cut-short earlier one replaced)."""
     if path.exists() and jax.process_index() == 0:
         shutil.rmtree(path)
-    save_model(path, policy.model(), tokenizer_dir=tokenizer_dir)
+    save_model(path, policy.model(), tokenizer_dir=tokenizer_dir, base_dir=tokenizer_dir)
 
 
 def load_params(path: pathlib.Path, *, dtype: str, param_dtype: str, mesh,
@@ -119,4 +119,4 @@ def load_params(path: pathlib.Path, *, dtype: str, param_dtype: str, mesh,
     verify_checkpoint(path, "the warm-started policy (the run's KL reference)")
     model = load_model(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh,
                        expect_config=model_config)
-    return nnx.split(model, nnx.Param, ...)[1]
+    return nnx.split(model, trainable(model.config), ...)[1]

@@ -73,6 +73,24 @@ def test_tiny_config_compiles_for_a_slice_and_its_numbers_follow_its_shapes(tmp_
 
 
 @pytest.mark.slow
+def test_a_lora_plan_holds_the_frozen_base_once_and_adam_for_the_adapters_alone(tmp_path):
+    """Rank 4 on every projection: the base is resident once (it is also the KL reference,
+    in bf16 here), the adapters and their Adam state are a sliver of it."""
+    out = run_aot(tmp_path, "--config.model.lora_rank=4", "--config.model.param_dtype=bfloat16")
+    assert out.returncode == 0, out.stderr[-3000:]
+    state = json.loads((tmp_path / "plan.json").read_text())["resident_state_bytes"]
+    assert set(state) == {"frozen base parameters", "adapters", "optimizer state",
+                          "reference adapters", "reward model"}
+    params = 2 * 512 * 64 + 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64) + 64
+    assert params * 2 / 8 <= state["frozen base parameters"] <= 1.1 * params * 2 / 8  # bf16
+    # float32 A [in, 4] and B [4, out] of q, k, v, o, gate, up, down, two layers
+    adapters = 2 * 4 * ((64 + 64) + 2 * (64 + 32) + (64 + 64) + 2 * (64 + 128) + (128 + 64))
+    assert state["adapters"] == state["reference adapters"] <= 4 * adapters  # replicated at most
+    # Adam's two moments of the adapters (and its step counts): nothing of the base
+    assert 2 * state["adapters"] <= state["optimizer state"] <= 2 * state["adapters"] + 64
+
+
+@pytest.mark.slow
 def test_ppo_plan_compiles_the_critic_and_keeps_it_resident(tmp_path):
     out = run_aot(tmp_path, "--config.algo.mini_batches=2", "--config.model.remat=True",
                   config="configs/smollm2_135m_cpu.py:ppo")

@@ -39,6 +39,11 @@ TRAIN = [
     ([CONFIG, "--config.mesh.data=3"], "config.mesh"),
     ([CONFIG, "--config.algo.micro_batch_size=3"], "config.algo.micro_batch_size"),
     ([CONFIG, "--config.rollout.max_new_tokens=100000"], "config.rollout.max_new_tokens"),
+    ([CONFIG, "--config.model.lora_rank=-1"], "config.model.lora_rank"),
+    ([CONFIG, "--config.model.lora_rank=4", "--config.model.lora_alpha=0"],
+     "config.model.lora_alpha"),
+    ([CONFIG, "--config.model.lora_rank=4", "--config.model.lora_targets=('q_proj','attn')"],
+     "config.model.lora_targets"),
     # a file that is missing, or not what it should be
     (["--config=configs/nope.py"], "--config=configs/nope.py"),
     ([CONFIG, "--config.data.train_file=/nonexistent.jsonl"], "config.data.train_file"),

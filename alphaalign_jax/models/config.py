@@ -27,6 +27,49 @@ class ConfigError(ValueError):
     """A model config we cannot honour exactly."""
 
 
+# The projections an adapter can sit on (each block's attention and MLP matmuls).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters (Hu et al. 2021) on the ``targets`` projections: ``x W`` becomes
+    ``x W + (alpha / rank) x A B`` with ``A [in, rank]`` He-uniform and ``B [rank, out]``
+    zero, so a fresh adapter changes nothing. The parametrisation of qwix's ``LoraProvider``
+    (tests/test_lora.py checks the logits against qwix); only A and B are trained."""
+
+    rank: int
+    alpha: float
+    targets: tuple[str, ...] = LORA_TARGETS
+
+    def __post_init__(self) -> None:
+        for field, problem in lora_problems(self.rank, self.alpha, self.targets):
+            raise ConfigError(f"config.{field}: {problem}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+def lora_problems(rank, alpha, targets) -> list[tuple[str, str]]:
+    """``(run config field, what is wrong)`` for each problem of LoRA settings."""
+    problems = []
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
+        problems.append(("model.lora_rank", f"must be an int >= 0 (0: no adapters), got {rank!r}"))
+    elif rank > 0 and not (isinstance(alpha, (int, float)) and alpha > 0):
+        problems.append(("model.lora_alpha", f"must be > 0, got {alpha!r}"))
+    if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
+        problems.append(("model.lora_targets", f"must be a tuple of projection names, got "
+                                               f"{targets!r}"))
+    elif [t for t in targets if t not in LORA_TARGETS]:
+        problems.append(("model.lora_targets", f"unknown module name(s) "
+                         f"{[t for t in targets if t not in LORA_TARGETS]}; the projections "
+                         f"are {list(LORA_TARGETS)}"))
+    elif rank and not targets:
+        problems.append(("model.lora_targets", "is empty: name at least one projection"))
+    return problems
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeConfig:
     """Rotary embedding parameters (HF ``rope_parameters`` / ``rope_scaling``)."""
@@ -62,11 +105,17 @@ class ModelConfig:
     # Layout, not architecture: the blocks' parameters (and KV caches) stacked on a leading
     # "layers" axis and run as one lax.scan, so compile time does not grow with depth.
     scan_layers: bool = False
+    # Trained adapters on the projections (None: every parameter is trained).
+    lora: LoraConfig | None = None
     hf_config: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
     def is_classifier(self) -> bool:
         return self.num_labels > 0
+
+    def adapter(self, projection: str) -> LoraConfig | None:
+        """The LoRA settings of ``projection`` (None: it has no adapter)."""
+        return self.lora if self.lora is not None and projection in self.lora.targets else None
 
     @classmethod
     def from_hf_dict(cls, cfg: dict[str, Any], source: str = "config.json") -> "ModelConfig":

@@ -11,10 +11,10 @@ that names the tensor and the file.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import pathlib
 import shutil
+import zlib
 from collections.abc import Iterator
 
 import jax
@@ -28,7 +28,7 @@ from safetensors.numpy import save_file
 from alphaalign_jax import assets
 from alphaalign_jax import sharding as shd
 from alphaalign_jax.models.config import ModelConfig
-from alphaalign_jax.models.transformer import Transformer, rope_inv_freq
+from alphaalign_jax.models.transformer import Transformer, lora_a_init, rope_inv_freq
 
 Path = tuple[str | int, ...]
 # Architecture cards: the published config.json of models used without their weights.
@@ -92,9 +92,19 @@ def layer_hf_names(path: Path, config: ModelConfig) -> list[tuple[str, bool]] | 
 
 
 def _param_paths(abstract_state) -> Iterator[tuple[Path, nnx.Variable]]:
+    """The parameters a Hugging Face checkpoint holds (LoRA adapters are not among them)."""
     for path, var in nnx.to_flat_state(abstract_state):
-        if isinstance(var, nnx.Param):
+        if isinstance(var, nnx.Param) and not isinstance(var, nnx.LoRAParam):
             yield path, var
+
+
+def fresh_adapter(path: Path, shape: tuple[int, ...], seed: int = 0) -> jax.Array:
+    """A new LoRA factor: A He-uniform (its key from ``seed`` and the path, so every run
+    starts from the same adapters), B zero."""
+    if path[-1] == "lora_b":
+        return jnp.zeros(shape, jnp.float32)
+    name = "/".join(str(p) for p in path)
+    return lora_a_init(jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode())), shape)
 
 
 class SafetensorsReader:
@@ -214,6 +224,10 @@ def from_pretrained(hf_dir: str | pathlib.Path, dtype: str | jnp.dtype = "float3
     if unexpected:
         raise CheckpointError(f"{hf_dir}: tensors not used by a {config.model_type} model with "
                               f"this config: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    for path, var in nnx.to_flat_state(state):
+        if isinstance(var, nnx.LoRAParam):
+            var.set_value(jax.device_put(fresh_adapter(path, var.shape),
+                                         flat_shardings.get(path)))
     inv_freq = jnp.asarray(rope_inv_freq(config.rope, config.head_dim))
     if mesh is not None:
         inv_freq = jax.device_put(inv_freq, shd.replicated(mesh))
@@ -221,11 +235,31 @@ def from_pretrained(hf_dir: str | pathlib.Path, dtype: str | jnp.dtype = "float3
     return nnx.merge(graphdef, state)
 
 
+def merge_adapters(model: Transformer) -> Transformer:
+    """``model`` without LoRA: each adapted kernel becomes ``W + (alpha / rank) A B``
+    (computed in float32, stored in the kernel's dtype), the model an HF checkpoint holds."""
+    lora = model.config.lora
+    if lora is None:
+        return model
+    config = dataclasses.replace(model.config, lora=None)
+    source = dict(nnx.to_flat_state(nnx.state(model)))
+    graphdef, state = nnx.split(abstract_model(config, model.dtype, model.embed_tokens[...].dtype))
+    for path, var in nnx.to_flat_state(state):
+        value = source[path][...]
+        a = source.get(path[:-1] + ("lora_a",)) if path[-1] == "kernel" else None
+        if a is not None:
+            b = source[path[:-1] + ("lora_b",)][...]
+            delta = jnp.matmul(a[...].astype(jnp.float32), b.astype(jnp.float32))
+            value = (value.astype(jnp.float32) + lora.scale * delta).astype(value.dtype)
+        var.set_value(value)
+    return nnx.merge(graphdef, state)
+
+
 def value_model(policy: Transformer, mesh: Mesh | None = None) -> Transformer:
     """PPO's critic: the policy's architecture with a scalar head at every position (a 1-label
     classifier, saved like an HF sequence-classification model), the backbone copied from the
     policy, the head zero-initialised (every value starts at 0), placed like the policy."""
-    config = dataclasses.replace(policy.config, num_labels=1)
+    config = dataclasses.replace(policy.config, num_labels=1, lora=None)
     param_dtype = policy.embed_tokens[...].dtype
     graphdef, state = nnx.split(abstract_model(config, policy.dtype, param_dtype))
     source = dict(nnx.to_flat_state(nnx.state(policy)))
@@ -244,7 +278,8 @@ def _ignorable(config: ModelConfig) -> set[str]:
 
 
 def hf_state_dict(model: Transformer, dtype: str | jnp.dtype | None = None) -> dict[str, np.ndarray]:
-    """Our parameters as an HF-named dict of host NumPy arrays."""
+    """Our parameters as an HF-named dict of host NumPy arrays (LoRA adapters merged)."""
+    model = merge_adapters(model)
     out = {}
     for path, var in _param_paths(nnx.state(model)):
         value = np.asarray(jax.device_get(var[...]))

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alphaalign_jax.models.config import ModelConfig, RopeConfig
+from alphaalign_jax.models.config import LoraConfig, ModelConfig, RopeConfig
 
 Array = jax.Array
 
@@ -131,9 +131,9 @@ def apply_rope(x: Array, rope: tuple[Array, Array]) -> Array:
     return x * cos + rotated * sin
 
 
-def _param(rngs: nnx.Rngs, shape: tuple[int, ...], logical: tuple[str, ...],
+def _param(key: Array, shape: tuple[int, ...], logical: tuple[str, ...],
            dtype: jnp.dtype, std: float = 0.02) -> nnx.Param:
-    value = jax.random.normal(rngs.params(), shape, jnp.float32) * std
+    value = jax.random.normal(key, shape, jnp.float32) * std
     return nnx.Param(value.astype(dtype), logical_axes=logical)
 
 
@@ -148,18 +148,40 @@ class RMSNorm(nnx.Module):
         return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
 
 
+def lora_a_init(key: Array, shape: tuple[int, ...]) -> Array:
+    """He-uniform over the input dimension (``shape[-2]``; a leading ``layers`` axis, if
+    any, is not fan-in), in float32: qwix's default for the A factor."""
+    bound = math.sqrt(6.0 / shape[-2])
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
 class Linear(nnx.Module):
-    """``y = x @ kernel (+ bias)`` with a logically annotated ``[in, out]`` kernel."""
+    """``y = x @ kernel (+ bias)`` with a logically annotated ``[in, out]`` kernel, plus
+    ``(alpha / rank) x @ lora_a @ lora_b`` when it carries an adapter (float32
+    :class:`nnx.LoRAParam` s, so the policy can train them alone)."""
 
     def __init__(self, d_in: int, d_out: int, logical: tuple[str, str], *, bias: bool,
-                 param_dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.kernel = _param(rngs, (d_in, d_out), logical, param_dtype)
+                 param_dtype: jnp.dtype, rngs: nnx.Rngs, lora: LoraConfig | None = None):
+        key = rngs.params()  # one draw: adapters leave the base weights' init unchanged
+        self.kernel = _param(key, (d_in, d_out), logical, param_dtype)
         self.bias = nnx.data(
             nnx.Param(jnp.zeros((d_out,), param_dtype), logical_axes=(logical[1],))
             if bias else None)
+        self.lora_scale = lora.scale if lora is not None else 0.0
+        self.lora_a = nnx.data(nnx.LoRAParam(
+            lora_a_init(jax.random.fold_in(key, 1), (d_in, lora.rank)),
+            logical_axes=(logical[0], "lora_rank"))
+            if lora is not None else None)
+        self.lora_b = nnx.data(nnx.LoRAParam(
+            jnp.zeros((lora.rank, d_out), jnp.float32), logical_axes=("lora_rank", logical[1]))
+            if lora is not None else None)
 
     def __call__(self, x: Array) -> Array:
         y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(x.dtype))
+        if self.lora_a is not None:
+            low = jnp.einsum("...i,ir->...r", x, self.lora_a[...].astype(x.dtype))
+            y = y + jnp.einsum("...r,ro->...o", low, self.lora_b[...].astype(x.dtype)
+                               ) * jnp.asarray(self.lora_scale, x.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
         return y
@@ -170,13 +192,17 @@ class Attention(nnx.Module):
         d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = h, kv, hd
         self.q_proj = Linear(d, h * hd, ("embed", "heads"), bias=cfg.qkv_bias,
-                             param_dtype=param_dtype, rngs=rngs)
+                             param_dtype=param_dtype, rngs=rngs,
+                             lora=cfg.adapter("q_proj"))
         self.k_proj = Linear(d, kv * hd, ("embed", "kv_heads"), bias=cfg.qkv_bias,
-                             param_dtype=param_dtype, rngs=rngs)
+                             param_dtype=param_dtype, rngs=rngs,
+                             lora=cfg.adapter("k_proj"))
         self.v_proj = Linear(d, kv * hd, ("embed", "kv_heads"), bias=cfg.qkv_bias,
-                             param_dtype=param_dtype, rngs=rngs)
+                             param_dtype=param_dtype, rngs=rngs,
+                             lora=cfg.adapter("v_proj"))
         self.o_proj = Linear(h * hd, d, ("heads", "embed"), bias=cfg.o_bias,
-                             param_dtype=param_dtype, rngs=rngs)
+                             param_dtype=param_dtype, rngs=rngs,
+                             lora=cfg.adapter("o_proj"))
 
     def __call__(self, x: Array, rope: tuple[Array, Array], mask: Array,
                  cache: tuple[Array, Array] | None, cache_index: Array | None,
@@ -267,11 +293,14 @@ class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
         d, f = cfg.hidden_size, cfg.intermediate_size
         self.gate_proj = Linear(d, f, ("embed", "mlp"), bias=False, param_dtype=param_dtype,
-                                rngs=rngs)
+                                rngs=rngs,
+                                lora=cfg.adapter("gate_proj"))
         self.up_proj = Linear(d, f, ("embed", "mlp"), bias=False, param_dtype=param_dtype,
-                              rngs=rngs)
+                              rngs=rngs,
+                              lora=cfg.adapter("up_proj"))
         self.down_proj = Linear(f, d, ("mlp", "embed"), bias=False, param_dtype=param_dtype,
-                                rngs=rngs)
+                                rngs=rngs,
+                                lora=cfg.adapter("down_proj"))
 
     def __call__(self, x: Array) -> Array:
         return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -308,10 +337,12 @@ class Transformer(nnx.Module):
         self.layers = stack_blocks(blocks) if config.scan_layers else nnx.List(blocks)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
         self.score = nnx.data(
-            _param(rngs, (config.hidden_size, config.num_labels), ("embed", "classes"), param_dtype)
+            _param(rngs.params(), (config.hidden_size, config.num_labels), ("embed", "classes"),
+                   param_dtype)
             if config.is_classifier else None)
         self.lm_head = nnx.data(
-            _param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), param_dtype)
+            _param(rngs.params(), (config.hidden_size, config.vocab_size), ("embed", "vocab"),
+                   param_dtype)
             if not (config.is_classifier or config.tie_word_embeddings) else None)
         self.inv_freq = nnx.Variable(jnp.asarray(rope_inv_freq(config.rope, config.head_dim)))
 
@@ -398,6 +429,11 @@ class Transformer(nnx.Module):
         head = self.score[...] if self.score is not None else self.unembedding()
         logits = jnp.einsum("btd,dv->btv", x, head.astype(x.dtype))
         return logits if cache is None else (logits, new_cache)
+
+
+def trainable(config: ModelConfig) -> type[nnx.Param]:
+    """The parameters a run trains (an ``nnx`` filter): the adapters under LoRA, else all."""
+    return nnx.LoRAParam if config.lora is not None else nnx.Param
 
 
 def stack_blocks(blocks: list[Block]) -> Block:
