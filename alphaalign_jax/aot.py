@@ -71,6 +71,7 @@ from alphaalign_jax import settings as settings_lib  # noqa: E402
 from alphaalign_jax.rl import programs as programs_lib  # noqa: E402
 from alphaalign_jax.rl.critic import critic_programs  # noqa: E402
 from alphaalign_jax.rl.optim import optimizer  # noqa: E402
+from alphaalign_jax.rl.reference import frozen_copy  # noqa: E402
 from alphaalign_jax.rl.step import UpdateBatch  # noqa: E402
 from alphaalign_jax.utilisation import utilisation  # noqa: E402
 from alphaalign_jax.sampling import sampler as sampler_lib  # noqa: E402
@@ -254,9 +255,18 @@ def _state_bytes(c: ml_collections.ConfigDict, params, rest, opt_state, scorers:
     out["optimizer state"] = _per_device_bytes(opt_state)
     if c.algo.beta > 0 or c.algo.kl_penalty > 0:
         out["reference " + ("adapters" if c.model.lora_rank else "parameters")] = \
-            _per_device_bytes(params)
+            _per_device_bytes(_reference_state(c, params))
     out.update({name: _per_device_bytes(state[1]) for name, state in scorers.items()})
     return out
+
+
+def _reference_state(c: ml_collections.ConfigDict, params):
+    """The abstract KL reference: rl/reference.py's ``frozen_copy`` of the trained
+    parameters (in the compute dtype but for the unembedding), placed alike."""
+    frozen = jax.eval_shape(functools.partial(frozen_copy, dtype=jnp.dtype(c.model.dtype)),
+                            params)
+    return jax.tree.map(lambda f, x: jax.ShapeDtypeStruct(f.shape, f.dtype, sharding=x.sharding),
+                        frozen, params)
 
 
 def resident_bytes(c: ml_collections.ConfigDict, devices: list[jax.Device]) -> int:
@@ -335,9 +345,10 @@ def _update_programs(c, params, rest, opt_state, step, reference, update_batch,
                         _per_device_bytes((params, rest, opt_state)),
                         micro_batches * c.algo.num_updates)]
     if has_reference:
+        frozen = _reference_state(c, params)
         programs.append(Program("reference log-probs", _compile(
-            "reference", reference.lower(params, rest, update_batch(c.train.prompts_per_step))),
-            _per_device_bytes((params, rest)), micro_batches))
+            "reference", reference.lower(frozen, rest, update_batch(c.train.prompts_per_step))),
+            _per_device_bytes((frozen, rest)), micro_batches))
     return programs
 
 
@@ -414,8 +425,11 @@ def _sampler_programs(c, graphdef, params, rest, mesh, width: int, new: int) -> 
                             state, ids, mask, key, ctl)
     st = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes,
                       compiled_prefill.output_shardings)
-    one_step = jax.jit(lambda s, st: sampler_lib.decode_step(
-        nnx.merge(sampler_graphdef, s), st, ctl, mode, mesh))
+    def decode_step(s, st):  # one step of decode_loop's body, traced as the loop traces it
+        with shd.activations_over(mesh):
+            return sampler_lib.decode_step(nnx.merge(sampler_graphdef, s), st, ctl, mode, mesh)
+
+    one_step = jax.jit(decode_step)
     weights = _per_device_bytes((params, rest))
     return [Program("sampler prefill", compiled_prefill, weights, 1),
             Program("sampler decode (one token)",

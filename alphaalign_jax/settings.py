@@ -91,7 +91,7 @@ def optimizer_settings(c: ml_collections.ConfigDict,
         total_steps=int(c.train.steps * c.algo.num_updates * c.algo.mini_batches),
         warmup_steps=int(o.warmup_steps), schedule=str(o.schedule),
         weight_decay=float(o.weight_decay), b1=float(o.b1), b2=float(o.b2), eps=float(o.eps),
-        max_grad_norm=float(o.max_grad_norm))
+        max_grad_norm=float(o.max_grad_norm), mu_dtype=str(o.mu_dtype))
 
 
 def critic_settings(c: ml_collections.ConfigDict) -> CriticSettings:

@@ -83,7 +83,8 @@ class Trainer:
             s.update, self.policy.graphdef, self.tx, self.mesh,
             param_shardings=shd.shardings_of(self.policy.params),
             opt_shardings=shd.shardings_of(self.opt_state), on_trace=self._count_trace)
-        self.reference = Reference(self.policy.params if s.kl else None, self.logprobs)
+        self.reference = Reference(self.policy.params if s.kl else None, self.logprobs,
+                                   dtype=c.model.dtype)
         self.step = 0
 
     def _count_trace(self) -> None:  # runs when the update step is traced: a compile
@@ -198,9 +199,9 @@ class Trainer:
         self.stop.check("while loading")
         if self.restore_latest():
             if warm and self.reference.active:  # the KL reference: the warm start
-                self.reference.params = warm_start.load_params(
+                self.reference.reset(warm_start.load_params(
                     saved, dtype=c.model.dtype, param_dtype=c.model.param_dtype,
-                    mesh=self.mesh, model_config=self.model_config)
+                    mesh=self.mesh, model_config=self.model_config))
         elif warm:
             warm_start.warm_start(s.warm_start, s.sampling, s.update, self.policy, self.mesh,
                                   self.prompts.next, self.stop, self.workdir)

@@ -39,6 +39,7 @@ TRAIN = [
     ([CONFIG, "--config.mesh.data=3"], "config.mesh"),
     ([CONFIG, "--config.algo.micro_batch_size=3"], "config.algo.micro_batch_size"),
     ([CONFIG, "--config.rollout.max_new_tokens=100000"], "config.rollout.max_new_tokens"),
+    ([CONFIG, "--config.optim.mu_dtype=float16"], "config.optim.mu_dtype"),
     ([CONFIG, "--config.model.lora_rank=-1"], "config.model.lora_rank"),
     ([CONFIG, "--config.model.lora_rank=4", "--config.model.lora_alpha=0"],
      "config.model.lora_alpha"),

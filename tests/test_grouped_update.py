@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from alphaalign_jax.models import ModelConfig, Transformer
-from alphaalign_jax.rl.step import completion_logprobs, grouped_completion_logprobs
+from alphaalign_jax.rl.step import UpdateBatch, completion_logprobs, grouped_completion_logprobs
 
 CFG = ModelConfig.from_hf_dict({"model_type": "llama", "vocab_size": 64, "hidden_size": 32,
                                 "intermediate_size": 64, "num_hidden_layers": 2,
@@ -166,3 +166,32 @@ def test_a_scanned_update_compiles_one_block_whatever_the_depth():
 
     assert matmuls(2, True) == matmuls(6, True)
     assert matmuls(6, False) > matmuls(2, False) > matmuls(2, True)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_compute_dtype_reference_gives_the_same_logprobs_bit_for_bit(lora):
+    """Under bf16 compute the layers read every weight as bf16, so the KL reference kept in
+    bf16 but for its unembedding (rl/reference.py) gives exactly the float32 copy's
+    log-probs; under float32 compute nothing is narrowed."""
+    from alphaalign_jax.models import LoraConfig
+    from alphaalign_jax.rl.reference import frozen_copy
+    from alphaalign_jax.rl.step import reference_logprobs
+
+    config = dataclasses.replace(CFG, tie_word_embeddings=False,
+                                 lora=LoraConfig(4, 8.0) if lora else None)
+    model = Transformer(config, dtype=jnp.bfloat16, param_dtype=jnp.float32, rngs=nnx.Rngs(1))
+    graphdef, params, rest = nnx.split(model, nnx.LoRAParam if lora else nnx.Param, ...)
+    params = jax.tree.map(lambda x: x + 0.01 * jnp.ones_like(x), params)  # B != 0 under LoRA
+    prompt_ids, prompt_mask, completion_ids, completion_mask = ragged_batch()
+    batch = UpdateBatch(jnp.asarray(prompt_ids), jnp.asarray(prompt_mask),
+                        jnp.asarray(completion_ids), jnp.asarray(completion_mask, jnp.float32),
+                        *(jnp.zeros(completion_ids.shape),) * 2, jnp.zeros(len(completion_ids)))
+    logp = jax.jit(lambda p: reference_logprobs(graphdef, p, rest, batch, prompts_per_micro=3,
+                                                group_size=G, temperature=0.7, chunk=4))
+    narrow = frozen_copy(params, jnp.bfloat16)
+    dtypes = {jax.tree_util.keystr(k[:1]): x.dtype
+              for k, x in jax.tree_util.tree_flatten_with_path(narrow)[0]}
+    assert dtypes.pop("['lm_head']", jnp.float32) == jnp.float32
+    assert set(dtypes.values()) == {jnp.dtype(jnp.bfloat16)}
+    np.testing.assert_array_equal(np.asarray(logp(narrow)), np.asarray(logp(params)))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(frozen_copy(params, jnp.float32)))

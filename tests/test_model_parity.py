@@ -131,8 +131,9 @@ def test_bf16_compute_runs_and_stays_close(tmp_path):
 
 @pytest.mark.parametrize("queries", [1, 5])
 def test_shared_prefix_attention_equals_attention_over_the_concatenation(queries):
-    """Rows r = 0..P*G-1 reading prompt r // G as a SharedPrefix get what attention over
-    [their prompt's keys | their own keys] gives (one softmax over both), in plain NumPy."""
+    """Rows r = 0..P*G-1 reading prompt r // G as a SharedPrefix, and their own keys in two
+    parts, get what attention over [their prompt's keys | their own keys] gives (one softmax
+    over all three), in plain NumPy."""
     rng = np.random.default_rng(0)
     p, g, h, kv, d, sp, s = 2, 3, 4, 2, 8, 6, 7
     b = p * g
@@ -142,10 +143,15 @@ def test_shared_prefix_attention_equals_attention_over_the_concatenation(queries
     own_mask = rng.random((b, queries, s)) < 0.6
     own_mask[:, :, 0] = True
     prefix_mask = np.arange(sp)[None] >= np.array([[2], [0]])  # left padding of prompt 0
+    # the rows' own keys in two parts (a cache's earlier slots and the new tokens' own)
+    split = 4
+    own = [(jnp.asarray(keys[..., :split], jnp.float32),
+            jnp.asarray(values[:, :, :split], jnp.float32), jnp.asarray(own_mask[..., :split])),
+           (jnp.asarray(keys[..., split:], jnp.float32),
+            jnp.asarray(values[:, :, split:], jnp.float32), jnp.asarray(own_mask[..., split:]))]
     ours = grouped_query_attention(
-        jnp.asarray(q), jnp.asarray(keys, jnp.float32), jnp.asarray(values, jnp.float32),
-        jnp.asarray(own_mask), (jnp.asarray(prefix_keys, jnp.float32),
-                                jnp.asarray(prefix_values, jnp.float32), jnp.asarray(prefix_mask)))
+        jnp.asarray(q), own, (jnp.asarray(prefix_keys, jnp.float32),
+                              jnp.asarray(prefix_values, jnp.float32), jnp.asarray(prefix_mask)))
 
     rows = np.arange(b) // g
     all_keys = np.concatenate([prefix_keys[rows], keys], axis=-1)  # [B, Hkv, D, Sp + S]

@@ -82,3 +82,26 @@ def test_invalid_arguments_are_named(kwargs, name):
     args = dict(learning_rate=LR, total_steps=10, warmup_steps=0, schedule="cosine")
     with pytest.raises(ValueError, match=rf"^{name} must be"):
         make_optimizer(**{**args, **kwargs})
+
+
+def test_a_bfloat16_first_moment_halves_it_and_keeps_the_update():
+    """optim.mu_dtype=bfloat16: Adam's first moment is stored in bf16 (the second stays
+    float32), and a few updates land where the float32 optimizer's do, to bf16 precision."""
+    import jax
+
+    params = {"w": jnp.linspace(-1.0, 1.0, 64).reshape(8, 8)}
+    rng = np.random.default_rng(0)
+    grads = [{"w": jnp.asarray(rng.normal(size=(8, 8)), jnp.float32)} for _ in range(3)]
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        tx, _ = make_optimizer(learning_rate=1e-2, total_steps=10, mu_dtype=dtype)
+        state, p = tx.init(params), params
+        for g in grads:
+            updates, state = tx.update(g, state, p)
+            p = optax.apply_updates(p, updates)
+        moments = [s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "mu"))
+                   if hasattr(s, "mu")][0]
+        assert moments.mu["w"].dtype == jnp.dtype(dtype) and moments.nu["w"].dtype == jnp.float32
+        out[dtype] = np.asarray(p["w"])
+    np.testing.assert_allclose(out["bfloat16"], out["float32"], atol=1e-4)
+    assert not np.array_equal(out["bfloat16"], np.asarray(params["w"]))

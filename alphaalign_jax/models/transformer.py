@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from alphaalign_jax import sharding as shd
 from alphaalign_jax.models.config import LoraConfig, ModelConfig, RopeConfig
 
 Array = jax.Array
@@ -205,9 +206,14 @@ class Attention(nnx.Module):
                              lora=cfg.adapter("o_proj"))
 
     def __call__(self, x: Array, rope: tuple[Array, Array], mask: Array,
-                 cache: tuple[Array, Array] | None, cache_index: Array | None,
-                 prefix: tuple[Array, Array, Array] | None = None
+                 cache: tuple[Array, Array] | None, cache_index: Array | int | None,
+                 prefix: tuple[Array, Array, Array] | None = None, update_cache: bool = True
                  ) -> tuple[Array, tuple[Array, Array] | None]:
+        """The attention output, and with a ``cache``: the layer's cache with the new tokens
+        written at ``cache_index`` (``update_cache``), or only the new tokens' ``(keys,
+        values)`` for the caller to write (:func:`write_cache`). The second reads the cache
+        and never writes it: a scanned decode then writes every layer's new tokens into the
+        stacked cache in place after the scan, instead of emitting a copy of each layer's."""
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
@@ -216,35 +222,52 @@ class Attention(nnx.Module):
         # The cache layout (see KVCache): keys [B, Hkv, D, S], values [B, Hkv, S, D].
         k = apply_rope(k, rope).transpose(0, 2, 3, 1)
         v = v.transpose(0, 2, 1, 3)
-        if cache is not None:
+        if cache is None:
+            parts, out_cache = [(k, v, mask)], None
+        elif update_cache:
+            k_cache, v_cache = write_cache(cache, (k.astype(cache[0].dtype),
+                                                   v.astype(cache[1].dtype)), cache_index)
+            parts = [(k_cache.astype(x.dtype), v_cache.astype(x.dtype), mask)]
+            out_cache = (k_cache, v_cache)
+        else:  # the cache's earlier slots, then the new tokens' own, in one softmax
             k_cache, v_cache = cache
-            k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype),
-                                                   (0, 0, 0, cache_index))
-            v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype),
-                                                   (0, 0, cache_index, 0))
-            cache = (k_cache, v_cache)
-            k, v = k_cache.astype(x.dtype), v_cache.astype(x.dtype)
-        out = grouped_query_attention(q, k, v, mask, prefix)
-        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), cache
+            parts = [(k, v, jax.lax.dynamic_slice_in_dim(mask, cache_index, t, axis=2))]
+            if not (isinstance(cache_index, int) and cache_index == 0):  # a prefill has none
+                earlier = jnp.arange(k_cache.shape[-1]) < cache_index
+                parts.insert(0, (k_cache.astype(x.dtype), v_cache.astype(x.dtype),
+                                 mask & earlier))
+            out_cache = (k.astype(k_cache.dtype), v.astype(v_cache.dtype))
+        out = grouped_query_attention(q, parts, prefix)
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), out_cache
 
 
-def grouped_query_attention(q: Array, k_t: Array, v: Array, mask: Array,
+def write_cache(buffers: tuple[Array, Array], new: tuple[Array, Array], cache_index
+                ) -> tuple[Array, Array]:
+    """``(keys, values)`` buffers (one layer's, or every layer's stacked) with the ``new``
+    tokens' written from slot ``cache_index``: in place when the buffers are donated."""
+    (keys, values), (k, v) = buffers, new
+    return (jax.lax.dynamic_update_slice(keys, k, (0,) * (keys.ndim - 1) + (cache_index,)),
+            jax.lax.dynamic_update_slice(values, v, (0,) * (values.ndim - 2) + (cache_index, 0)))
+
+
+def grouped_query_attention(q: Array, own: list[tuple[Array, Array, Array]],
                             prefix: tuple[Array, Array, Array] | None = None) -> Array:
-    """Softmax attention with KV-head sharing.
+    """Softmax attention with KV-head sharing, over every part's keys in one softmax.
 
-    q [B,T,H,D]; k_t [B,Hkv,D,S] (keys transposed) and v [B,Hkv,S,D], as in
-    :class:`KVCache`; mask [B,T,S]. ``prefix``: keys [P,Hkv,D,Sp], values [P,Hkv,Sp,D]
-    and mask [P,Sp] of a :class:`SharedPrefix` that rows ``r`` (of P * G) read at
-    ``r // G``, in the same softmax as their own keys.
+    q [B,T,H,D]; ``own``: each row's key parts, ``(k_t, v, mask)`` with k_t [B,Hkv,D,S]
+    (keys transposed) and v [B,Hkv,S,D], as in :class:`KVCache`, and mask [B,T,S] (S may
+    differ between parts). ``prefix``: keys [P,Hkv,D,Sp], values [P,Hkv,Sp,D] and mask
+    [P,Sp] of a :class:`SharedPrefix` that rows ``r`` (of P * G) read at ``r // G``.
     """
     b, t, h, d = q.shape
-    kv = k_t.shape[1]
+    kv = own[0][0].shape[1]
     rep = h // kv
     # [B, Hkv, rep*T, D]: each KV head's queries in one matrix, so both products are plain
     # batched matmuls over (B, Hkv) with no transpose of the cache.
     q = q.reshape(b, t, kv, rep, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, rep * t, d)
     # The mask of each query row of the reshaped q: [B, 1, rep*T, S].
-    out, peak, total = _partial_attention(q, k_t, v, jnp.tile(mask, (1, rep, 1))[:, None])
+    parts = [_partial_attention(q, k_t, v, jnp.tile(mask, (1, rep, 1))[:, None])
+             for k_t, v, mask in own]
     if prefix is not None:
         keys, values, prefix_mask = prefix
         p = keys.shape[0]
@@ -258,13 +281,15 @@ def grouped_query_attention(q: Array, k_t: Array, v: Array, mask: Array,
             return x.reshape(p, kv, g, rep * t, -1).transpose(0, 2, 1, 3, 4).reshape(
                 b, kv, rep * t, -1)
 
-        shared_out, shared_peak, shared_total = map(per_row, _partial_attention(
-            per_prompt(q), keys, values, prefix_mask[:, None, None, :]))
+        parts.append(tuple(map(per_row, _partial_attention(
+            per_prompt(q), keys, values, prefix_mask[:, None, None, :]))))
+    out, peak, total = parts[0]
+    for other_out, other_peak, other_total in parts[1:]:
         # One softmax over both parts: rescale each to the common maximum.
-        top = jnp.maximum(peak, shared_peak)
-        own, other = jnp.exp(peak - top), jnp.exp(shared_peak - top)
-        out = out * own.astype(out.dtype) + shared_out * other.astype(out.dtype)
-        total = total * own + shared_total * other
+        top = jnp.maximum(peak, other_peak)
+        mine, other = jnp.exp(peak - top), jnp.exp(other_peak - top)
+        out = out * mine.astype(out.dtype) + other_out * other.astype(out.dtype)
+        total, peak = total * mine + other_total * other, top
     out = out / total.astype(out.dtype)
     return out.reshape(b, kv, rep, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
@@ -314,9 +339,9 @@ class Block(nnx.Module):
                                                 param_dtype=param_dtype)
         self.mlp = MLP(cfg, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x, rope, mask, cache, cache_index, prefix=None):
+    def __call__(self, x, rope, mask, cache, cache_index, prefix=None, update_cache=True):
         attn, cache = self.self_attn(self.input_layernorm(x), rope, mask, cache, cache_index,
-                                     prefix)
+                                     prefix, update_cache)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), cache
 
@@ -382,7 +407,8 @@ class Transformer(nnx.Module):
             query_slots = cache_index + jnp.arange(t)
             causal = slots[None, :] <= query_slots[:, None]
             mask = causal[None] & attention_mask.astype(jnp.bool_)[:, None, :]
-        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
+        x = shd.constrain_rows(jnp.take(self.embed_tokens[...], input_ids, axis=0
+                                        ).astype(self.dtype))
         rope = rope_tables(positions, self.inv_freq[...], self.dtype)
         if self.config.scan_layers:
             x, cache = self._scanned_blocks(x, rope, mask, cache, cache_index, prefix, remat)
@@ -393,6 +419,7 @@ class Transformer(nnx.Module):
             x, layer_cache = (_remat_block if remat else _block)(
                 layer, x, rope, mask, layer_cache, cache_index,
                 None if prefix is None else prefix.layer(i))
+            x = shd.constrain_rows(x)
             if layer_cache is not None:
                 new_keys.append(layer_cache[0])
                 new_values.append(layer_cache[1])
@@ -408,14 +435,18 @@ class Transformer(nnx.Module):
         def body(x, layer):
             params, kv, prefix_kv = layer
             shared = None if prefix_kv is None else (*prefix_kv, prefix.mask)
-            return nnx.merge(graphdef, params)(x, rope, mask, kv, cache_index, shared)
+            x, new = nnx.merge(graphdef, params)(x, rope, mask, kv, cache_index, shared,
+                                                 update_cache=False)
+            return shd.constrain_rows(x), new
 
         if remat:
             body = jax.checkpoint(body, prevent_cse=False)
         kv = None if cache is None else (cache.keys, cache.values)
         prefix_kv = None if prefix is None else (prefix.cache.keys, prefix.cache.values)
-        x, kv = jax.lax.scan(body, x, (state, kv, prefix_kv))
-        return x, (None if kv is None else KVCache(*kv))
+        # Each layer reads its cache (a slice of the scan's input) and emits only its new
+        # tokens' keys and values; one write after the scan puts every layer's in place.
+        x, new = jax.lax.scan(body, x, (state, kv, prefix_kv))
+        return x, (None if kv is None else KVCache(*write_cache(kv, new, cache_index)))
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, *,
                  positions: Array | None = None, cache: KVCache | None = None,

@@ -44,14 +44,21 @@ def critic_programs(settings: CriticSettings, graphdef: nnx.GraphDef,
     """The critic's jitted value pass (V_old of a rollout batch) and update (parameters and
     optimizer state donated): what the trainer runs and ``aot`` compiles for a TPU."""
     s, group = settings, settings.group_size
-    values = jax.jit(functools.partial(
-        critic_values, graphdef, prompts_per_micro=s.micro_batch_size // group,
-        group_size=group))
-    step = jit_update(
-        functools.partial(critic_step, graphdef, tx=tx, value_clip=s.value_clip,
-                          group_size=group, micro_batch_size=s.micro_batch_size, remat=s.remat),
-        param_shardings, opt_shardings, shd.replicated(mesh))
-    return values, step
+
+    def values_fn(params, rest, batch):
+        with shd.activations_over(mesh):
+            return critic_values(graphdef, params, rest, batch,
+                                 prompts_per_micro=s.micro_batch_size // group,
+                                 group_size=group, mesh=mesh)
+
+    def step_fn(params, rest, opt_state, batch):
+        with shd.activations_over(mesh):
+            return critic_step(graphdef, params, rest, opt_state, batch, tx=tx,
+                               value_clip=s.value_clip, group_size=group,
+                               micro_batch_size=s.micro_batch_size, remat=s.remat, mesh=mesh)
+
+    return jax.jit(values_fn), jit_update(step_fn, param_shardings, opt_shardings,
+                                          shd.replicated(mesh))
 
 
 class Critic:

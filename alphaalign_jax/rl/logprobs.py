@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from alphaalign_jax import sharding as shd
+
 
 def scaled_logits(
     hidden: jax.Array,
@@ -94,6 +96,7 @@ def token_logprobs(
     targets = targets.reshape(batch, num_chunks, chunk).swapaxes(0, 1)
 
     def one_chunk(h: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = shd.constrain_rows(h)  # each chip its rows' logits, not every row's
         logits = scaled_logits(h, unembed, temperature=temperature, vocab_major=vocab_major)
         # log p(t) = z_t - logsumexp(z): its gradient is one pass over the logits (softmax
         # minus the target's one-hot), not log_softmax's materialised [.., V] log-probs.

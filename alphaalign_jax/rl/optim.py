@@ -73,6 +73,7 @@ def make_optimizer(
     max_grad_norm: float | None = 1.0,
     min_lr_ratio: float = 0.0,
     decay_1d_params: bool = False,
+    mu_dtype: str = "float32",
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW (Loshchilov & Hutter 2019) behind global-norm clipping.
 
@@ -81,6 +82,7 @@ def make_optimizer(
     Clipping is skipped when ``max_grad_norm`` is None or <= 0. Weight decay
     skips 1-D parameters (norm scales, biases), the usual convention since
     decaying them only shrinks the normalisation, unless ``decay_1d_params``.
+    ``mu_dtype``: the first moment's dtype (bfloat16 halves it).
 
     Returns:
       ``(optimizer, schedule_fn)``; ``schedule_fn(step)`` is the learning rate
@@ -104,6 +106,7 @@ def make_optimizer(
         eps=eps,
         weight_decay=weight_decay,
         mask=None if decay_1d_params else decay_mask,
+        mu_dtype=jnp.dtype(mu_dtype),
     )
     if max_grad_norm is None or max_grad_norm <= 0:
         return adamw, schedule_fn
@@ -123,6 +126,7 @@ class OptimizerSettings:
     b2: float
     eps: float
     max_grad_norm: float
+    mu_dtype: str = "float32"
 
 
 def optimizer(settings: OptimizerSettings) -> tuple[optax.GradientTransformation, optax.Schedule]:

@@ -37,12 +37,17 @@ def update_programs(settings: UpdateSettings, graphdef: nnx.GraphDef,
 
     def step_fn(params, rest, opt_state, batch):
         on_trace()
-        return train_step(graphdef, params, rest, opt_state, batch, tx=tx, settings=loss,
-                          micro_batch_size=settings.micro_batch_size)
+        with shd.activations_over(mesh):
+            return train_step(graphdef, params, rest, opt_state, batch, tx=tx, settings=loss,
+                              micro_batch_size=settings.micro_batch_size, mesh=mesh)
+
+    def ref_fn(ref_params, rest, batch):
+        with shd.activations_over(mesh):
+            return reference_logprobs(
+                graphdef, ref_params, rest, batch,
+                prompts_per_micro=settings.micro_batch_size // loss.group_size,
+                group_size=loss.group_size, temperature=loss.temperature,
+                chunk=loss.logprob_chunk, mesh=mesh)
 
     step = jit_update(step_fn, param_shardings, opt_shardings, shd.replicated(mesh))
-    ref = jax.jit(lambda ref_params, rest, batch: reference_logprobs(
-        graphdef, ref_params, rest, batch,
-        prompts_per_micro=settings.micro_batch_size // loss.group_size,
-        group_size=loss.group_size, temperature=loss.temperature, chunk=loss.logprob_chunk))
-    return step, ref
+    return step, jax.jit(ref_fn)

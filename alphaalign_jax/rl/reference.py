@@ -11,12 +11,33 @@ from flax import nnx
 from alphaalign_jax.rl.step import UpdateBatch
 
 
-class Reference:
-    """``params`` frozen (None when no KL term needs a reference: then no pass runs);
-    ``program(params, rest, batch)`` is the jitted reference log-prob pass."""
+def frozen_copy(params: nnx.State, dtype: jnp.dtype) -> nnx.State:
+    """A copy of ``params`` with the floating weights wider than ``dtype`` (the compute
+    dtype) stored in it, all but the unembedding. The layers read every weight in the
+    compute dtype (they cast it to the activations'), so under bf16 compute the copy gives
+    the float32 one's log-probs bit for bit at about half the memory; the log-probs' head
+    matmul reads the unembedding as stored (rl/logprobs.py), so it keeps its own dtype
+    (tests/test_grouped_update.py)."""
+    unembedding = "lm_head" if "lm_head" in params else "embed_tokens"
 
-    def __init__(self, params: nnx.State | None, program: Callable) -> None:
-        self.params = None if params is None else jax.tree.map(jnp.copy, params)
+    def one(path, x):
+        wide = jnp.issubdtype(x.dtype, jnp.floating) and \
+            jnp.dtype(x.dtype).itemsize > jnp.dtype(dtype).itemsize
+        if wide and path[0].key != unembedding:
+            return x.astype(dtype)
+        return jnp.copy(x)
+
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+class Reference:
+    """``params`` frozen in the compute ``dtype`` (None when no KL term needs a reference:
+    then no pass runs); ``program(params, rest, batch)`` is the jitted reference log-prob
+    pass. Under LoRA ``params`` are the adapters: the base they sit on is the policy's own."""
+
+    def __init__(self, params: nnx.State | None, program: Callable, dtype: jnp.dtype) -> None:
+        self.dtype = jnp.dtype(dtype)
+        self.params = None if params is None else frozen_copy(params, self.dtype)
         self.program = program
 
     @property
@@ -26,7 +47,7 @@ class Reference:
     def reset(self, params: nnx.State) -> None:
         """A copy of ``params`` becomes the reference (RL's start after a warm start)."""
         if self.active:
-            self.params = jax.tree.map(jnp.copy, params)
+            self.params = frozen_copy(params, self.dtype)
 
     def logprobs(self, batch: UpdateBatch, rest: nnx.State) -> UpdateBatch:
         """``batch`` with the reference's log-probs of its completions."""

@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
+from alphaalign_jax import sharding as shd
 from alphaalign_jax.models.transformer import SharedPrefix, default_positions, init_cache
 from alphaalign_jax.rl.logprobs import token_logprobs
 from alphaalign_jax.rl.losses import finalize, grpo_loss, nll_loss, value_loss
@@ -133,11 +135,14 @@ def grouped_completion_values(critic: nnx.Module, prompt_ids: Array, prompt_mask
                       ).astype(jnp.float32)
 
 
-def split_micro(batch: UpdateBatch, prompts_per_micro: int, group_size: int) -> UpdateBatch:
+def split_micro(batch: UpdateBatch, prompts_per_micro: int, group_size: int,
+                mesh: Mesh | None = None) -> UpdateBatch:
     """[P, ...] / [P * G, ...] -> [P / k, k, ...] / [P / k, k * G, ...] for ``lax.scan``
-    over micro-batches of k whole groups."""
+    over micro-batches of k whole groups, each spread over the ``mesh``'s batch axes."""
+    spread = shd.spread_micro_batches(mesh)
+
     def split(x: Array, rows: int) -> Array:
-        return x.reshape((-1, rows) + x.shape[1:])
+        return spread(x.reshape((-1, rows) + x.shape[1:]))
 
     per_row = ("completion_ids", "completion_mask", "old_logp", "ref_logp", "advantages",
                "old_values", "returns")
@@ -148,29 +153,31 @@ def split_micro(batch: UpdateBatch, prompts_per_micro: int, group_size: int) -> 
            if getattr(batch, f) is not None})
 
 
-def _per_token_pass(fn, batch: UpdateBatch, prompts_per_micro: int, group_size: int) -> Array:
+def _per_token_pass(fn, batch: UpdateBatch, prompts_per_micro: int, group_size: int,
+                    mesh: Mesh | None) -> Array:
     """``fn(micro_batch) -> [rows, C]`` over micro-batches (no gradient), as one [P * G, C]."""
-    out = jax.lax.map(fn, split_micro(batch, prompts_per_micro, group_size))
+    out = jax.lax.map(fn, split_micro(batch, prompts_per_micro, group_size, mesh))
     return out.reshape(batch.completion_ids.shape)
 
 
 def reference_logprobs(graphdef: nnx.GraphDef, ref_params: nnx.State, rest: nnx.State,
                        batch: UpdateBatch, *, prompts_per_micro: int, group_size: int,
-                       temperature: float, chunk: int) -> Array:
+                       temperature: float, chunk: int, mesh: Mesh | None = None) -> Array:
     """Frozen-reference log-probs of the completion tokens, micro-batch by micro-batch."""
     model = nnx.merge(graphdef, ref_params, rest)
     return _per_token_pass(lambda mb: grouped_completion_logprobs(
         model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, group_size, temperature,
-        chunk)[0], batch, prompts_per_micro, group_size)
+        chunk)[0], batch, prompts_per_micro, group_size, mesh)
 
 
 def critic_values(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
-                  batch: UpdateBatch, *, prompts_per_micro: int, group_size: int) -> Array:
+                  batch: UpdateBatch, *, prompts_per_micro: int, group_size: int,
+                  mesh: Mesh | None = None) -> Array:
     """The critic's values of the rollouts as sampled (PPO's V_old), micro-batch by micro-batch."""
     critic = nnx.merge(graphdef, params, rest)
     return _per_token_pass(lambda mb: grouped_completion_values(
         critic, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, group_size),
-        batch, prompts_per_micro, group_size)
+        batch, prompts_per_micro, group_size, mesh)
 
 
 def apply_accumulated(params: nnx.State, opt_state: optax.OptState, micro: UpdateBatch,
@@ -217,9 +224,10 @@ def jit_update(update, param_shardings, opt_shardings, replicated):
 
 def train_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
                opt_state: optax.OptState, batch: UpdateBatch, *, tx: optax.GradientTransformation,
-               settings: LossSettings, micro_batch_size: int
+               settings: LossSettings, micro_batch_size: int, mesh: Mesh | None = None
                ) -> tuple[nnx.State, optax.OptState, dict[str, Array]]:
-    """One optimizer update over the whole batch (accumulated over micro-batches)."""
+    """One optimizer update over the whole batch (accumulated over micro-batches, each
+    spread over the ``mesh``'s batch axes)."""
     use_ref = settings.beta > 0
 
     def loss_sums(p, mb: UpdateBatch):
@@ -245,7 +253,8 @@ def train_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
         return loss_sum, (count, aux)
 
     new_params, new_opt_state, loss, grad_norm, finite, aux = apply_accumulated(
-        params, opt_state, _micro(batch, micro_batch_size, settings.group_size), loss_sums, tx)
+        params, opt_state, _micro(batch, micro_batch_size, settings.group_size, mesh),
+        loss_sums, tx)
     per_token = {"pg_loss": "pg_loss_sum", "clip_frac/low": "clip_low_sum",
                  "clip_frac/high": "clip_high_sum", "ratio_mean": "ratio_sum",
                  "entropy": "entropy_sum", "logprob_diff/sampler_vs_trainer": "logp_diff_sum",
@@ -260,17 +269,19 @@ def train_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
     return new_params, new_opt_state, metrics
 
 
-def _micro(batch: UpdateBatch, micro_batch_size: int, group_size: int) -> UpdateBatch:
+def _micro(batch: UpdateBatch, micro_batch_size: int, group_size: int,
+           mesh: Mesh | None) -> UpdateBatch:
     if micro_batch_size % group_size:
         raise ValueError(f"micro_batch_size={micro_batch_size} must hold whole groups of "
                          f"{group_size} rollouts")
-    return split_micro(batch, micro_batch_size // group_size, group_size)
+    return split_micro(batch, micro_batch_size // group_size, group_size, mesh)
 
 
 def critic_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
                 opt_state: optax.OptState, batch: UpdateBatch, *,
                 tx: optax.GradientTransformation, value_clip: float, group_size: int,
-                micro_batch_size: int, remat: bool = False) -> tuple[nnx.State, optax.OptState, dict[str, Array]]:
+                micro_batch_size: int, remat: bool = False, mesh: Mesh | None = None
+                ) -> tuple[nnx.State, optax.OptState, dict[str, Array]]:
     """One optimizer update of the critic on PPO's clipped value loss (token mean)."""
     def loss_sums(p, mb: UpdateBatch):
         critic = nnx.merge(graphdef, p, rest)
@@ -281,7 +292,7 @@ def critic_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
         return loss_sum, (count, aux)
 
     new_params, new_opt_state, loss, grad_norm, finite, aux = apply_accumulated(
-        params, opt_state, _micro(batch, micro_batch_size, group_size), loss_sums, tx)
+        params, opt_state, _micro(batch, micro_batch_size, group_size, mesh), loss_sums, tx)
     tokens = aux["token_count"]
     return new_params, new_opt_state, {
         "critic/value_loss": loss, "critic/grad_norm": grad_norm, "critic/finite": finite,

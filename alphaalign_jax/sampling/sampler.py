@@ -279,8 +279,9 @@ def prefill(graphdef: nnx.GraphDef, params: nnx.State, ids: Array, mask: Array, 
     model = nnx.merge(graphdef, params)
     batch, width = ids.shape
     cache = init_cache(model.config, batch, width, model.dtype)
-    hidden, cache = model.hidden_states(ids, mask, positions=default_positions(mask), cache=cache,
-                                        cache_index=0)
+    with shd.activations_over(mesh):
+        hidden, cache = model.hidden_states(ids, mask, positions=default_positions(mask),
+                                            cache=cache, cache_index=0)
     scaled = scaled_logits(hidden[:, -1], model.unembedding(), temperature=ctl.temperature)
 
     def per_sample(x: Array) -> Array:
@@ -313,7 +314,8 @@ def decode_loop(graphdef: nnx.GraphDef, params: nnx.State, st: DecodeState, ctl:
     def more(s: DecodeState) -> Array:
         return (s.step - 1 < slots) & (s.reason == _RUNNING).any()
 
-    return jax.lax.while_loop(more, lambda s: decode_step(model, s, ctl, mode, mesh), st)
+    with shd.activations_over(mesh):
+        return jax.lax.while_loop(more, lambda s: decode_step(model, s, ctl, mode, mesh), st)
 
 
 @functools.partial(jax.jit, static_argnames=("slots", "mesh"))
