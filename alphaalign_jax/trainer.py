@@ -10,7 +10,6 @@ SIGTERM (TPU preemption) saves and exits cleanly. docs/architecture.md draws the
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import pathlib
 import time
 from typing import Any
