@@ -180,6 +180,15 @@ def save_model(path: str | pathlib.Path, model: Transformer, *,
 def read_model_config(path: str | pathlib.Path) -> tuple[ModelConfig, pathlib.Path | None]:
     """The model config stored in a checkpoint, and its tokenizer directory (if any)."""
     path = pathlib.Path(path).absolute()
+    config, item = _stored_config(path)
+    tok = item.get("tokenizer_dir")
+    tok_path = None if tok is None else (path / tok if not pathlib.Path(tok).is_absolute()
+                                         else pathlib.Path(tok))
+    return config, tok_path
+
+
+def _stored_config(path: pathlib.Path) -> tuple[ModelConfig, dict[str, Any]]:
+    """The checkpoint's model config, and its ``model_config`` item as stored."""
     item = _model_config_item(path)
     lora = item.get("lora")
     config = dataclasses.replace(
@@ -187,10 +196,7 @@ def read_model_config(path: str | pathlib.Path) -> tuple[ModelConfig, pathlib.Pa
         scan_layers=bool(item.get("scan_layers", False)),
         lora=None if lora is None else LoraConfig(lora["rank"], lora["alpha"],
                                                   tuple(lora["targets"])))
-    tok = item.get("tokenizer_dir")
-    tok_path = None if tok is None else (path / tok if not pathlib.Path(tok).is_absolute()
-                                         else pathlib.Path(tok))
-    return config, tok_path
+    return config, item
 
 
 def load_model(path: str | pathlib.Path, *, dtype: str | jnp.dtype = "float32",
@@ -201,7 +207,7 @@ def load_model(path: str | pathlib.Path, *, dtype: str | jnp.dtype = "float32",
     ``expect_config`` guards against restoring another model's checkpoint.
     """
     path = pathlib.Path(path).absolute()
-    config, _ = read_model_config(path)
+    config, item = _stored_config(path)
     if expect_config is not None and config != expect_config:
         raise CheckpointError(f"{path}: checkpoint is of a different model "
                               f"({config_diff(config, expect_config)})")
@@ -210,7 +216,7 @@ def load_model(path: str | pathlib.Path, *, dtype: str | jnp.dtype = "float32",
     if config.lora is None:
         model = abstract_model(config, dtype, param_dtype)
     else:  # the frozen base from its directory, the adapters from the checkpoint
-        base = pathlib.Path(_model_config_item(path)["base_dir"])
+        base = pathlib.Path(item["base_dir"])
         if not (base / "config.json").is_file():
             raise CheckpointError(f"{path}: a LoRA checkpoint whose base model directory "
                                   f"{base} is gone; the adapters need its weights")

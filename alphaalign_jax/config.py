@@ -520,8 +520,9 @@ def run_architecture(c: ml_collections.ConfigDict, architecture: ModelConfig) ->
 # change (steps, logging, checkpoint cadence, learning rate, ...) is allowed and recorded.
 STATE_FIELDS = ("algo.name", "model.hf_dir", "model.param_dtype", "model.scan_layers",
                 "model.lora_rank", "model.lora_alpha", "model.lora_targets",
-                "optim.max_grad_norm", "optim.mu_dtype", "algo.mini_batches", "train.prompts_per_step",
-                "train.seed", "rollout.num_samples", "rollout.dynamic_sampling",
+                "optim.max_grad_norm", "optim.mu_dtype", "algo.mini_batches",
+                "train.prompts_per_step", "train.seed", "rollout.num_samples",
+                "rollout.dynamic_sampling",
                 "rollout.oversample", "data", "rft")
 # Of these, fields where only a kind of value matters: clipping on (> 0) or off.
 _STATE_KIND = {"optim.max_grad_norm": lambda v: v is not None and v > 0}

@@ -61,10 +61,9 @@ def lora_problems(rank, alpha, targets) -> list[tuple[str, str]]:
     if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
         problems.append(("model.lora_targets", f"must be a tuple of projection names, got "
                                                f"{targets!r}"))
-    elif [t for t in targets if t not in LORA_TARGETS]:
-        problems.append(("model.lora_targets", f"unknown module name(s) "
-                         f"{[t for t in targets if t not in LORA_TARGETS]}; the projections "
-                         f"are {list(LORA_TARGETS)}"))
+    elif unknown := [t for t in targets if t not in LORA_TARGETS]:
+        problems.append(("model.lora_targets", f"unknown module name(s) {unknown}; the "
+                         f"projections are {list(LORA_TARGETS)}"))
     elif rank and not targets:
         problems.append(("model.lora_targets", "is empty: name at least one projection"))
     return problems
