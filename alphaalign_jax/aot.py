@@ -512,6 +512,12 @@ def _brief(result: dict[str, Any]) -> str:
                                                  for phase, value in result["mfu"].items()))
 
 
+def _flags(result: dict[str, Any]) -> str:
+    """The memory savers a search result needed, as the flags that set them."""
+    return "".join(f" --config.{field}={value}"
+                   for field, value in result.get("savers", {}).items())
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -543,10 +549,31 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _trial(c: ml_collections.ConfigDict, mesh: dict[str, int], micro: int
-           ) -> ml_collections.ConfigDict:
+# What --search turns on, in this order and cumulatively, for a mesh and micro-batch that does
+# not fit with the config's own settings: each has a price (a second forward pass in the
+# backward; a bf16 first moment), so it is paid only where the config's settings do not fit.
+MEMORY_SAVERS = (("model.remat", True), ("optim.mu_dtype", "bfloat16"))
+
+
+def _savers(c: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+    """The settings --search tries for one mesh and micro-batch: none, then each of
+    :data:`MEMORY_SAVERS` the config does not already have, added one at a time."""
+    tries, added = [{}], {}
+    for field, value in MEMORY_SAVERS:
+        section, name = field.split(".")
+        if c[section][name] != value:
+            added = {**added, field: value}
+            tries.append(added)
+    return tries
+
+
+def _trial(c: ml_collections.ConfigDict, mesh: dict[str, int], micro: int,
+           savers: dict[str, Any]) -> ml_collections.ConfigDict:
     trial = ml_collections.ConfigDict(c.to_dict())
     trial.mesh, trial.algo.micro_batch_size = dict(mesh), micro
+    for field, value in savers.items():
+        section, name = field.split(".")
+        trial[section][name] = value
     return trial
 
 
@@ -556,11 +583,12 @@ def search(c: ml_collections.ConfigDict, topology: str) -> list[dict[str, Any]]:
     compiling: micro-batches whose rows do not shard over data x fsdp (the rules would
     replicate them, the same rows computed on several chips), meshes whose resident state
     alone exceeds a chip, and per mesh the micro-batches above the first that does not fit
-    (memory grows with the rows). The sampler's and reward model's programs are compiled
-    once a mesh. With scanned layers, the first plan that fits is probed for its cost and
-    the others' costs are estimated from its ratios (:func:`plan`'s ``cost_scale``); the
-    fastest is then planned again with its own probes (``estimated_step_roofline_s`` keeps
-    what the estimate said)."""
+    (memory grows with the rows). A mesh and micro-batch that does not fit with the config's
+    own settings is tried again with :data:`MEMORY_SAVERS` added one at a time (each result's
+    ``savers``). The sampler's and reward model's programs are compiled once a mesh. With
+    scanned layers, the first plan that fits is probed for its cost and the others' costs are
+    estimated from its ratios (:func:`plan`'s ``cost_scale``); the fastest is then planned
+    again with its own probes (``estimated_step_roofline_s`` keeps what the estimate said)."""
     chip, devices = tpu_devices(topology)
     n, group = len(devices), c.rollout.num_samples
     rows = c.train.prompts_per_step * group
@@ -577,26 +605,19 @@ def search(c: ml_collections.ConfigDict, topology: str) -> list[dict[str, Any]]:
         reuse = reuses.setdefault((data, mesh["tensor"]), {})
         for i, micro in enumerate(micros):
             bar.update(1)
-            trial = _trial(c, mesh, micro)
-            problem = next(config_lib.problems(trial, num_devices=n), None)
+            problem = next(config_lib.problems(_trial(c, mesh, micro, {}), num_devices=n), None)
             if micro % (data * mesh["fsdp"]):
                 problem = f"{micro} rows do not shard over data x fsdp = {data * mesh['fsdp']}"
             if problem:
                 tqdm.write(f"skip mesh {mesh} micro {micro}: {problem}", file=sys.stderr)
                 continue
-            failed = {"mesh": mesh, "micro_batch_size": micro, "fits": False,
-                      "step_roofline_s": math.inf}
-            try:
-                resident = resident_bytes(trial, devices)
-                if resident > chip.hbm_bytes:
-                    results.append({**failed, "error": f"the resident state alone needs "
-                                                       f"{resident / GiB:.2f} GiB a chip"})
-                else:
-                    results.append(plan(trial, topology, reuse, scale))
-                    if scale is None and results[-1]["cost"] == "probed":
-                        scale = results[-1]["cost_scale"]
-            except DoesNotFit as e:
-                results.append({**failed, "error": str(e)})
+            for savers in _savers(c):
+                results.append(_search_point(_trial(c, mesh, micro, savers), topology, reuse,
+                                             scale, chip, devices, savers))
+                if scale is None and results[-1].get("cost") == "probed":
+                    scale = results[-1]["cost_scale"]
+                if results[-1]["fits"]:
+                    break
             if not results[-1]["fits"]:
                 bar.update(len(micros) - i - 1)  # larger micro-batches need more memory
                 break
@@ -605,10 +626,28 @@ def search(c: ml_collections.ConfigDict, topology: str) -> list[dict[str, Any]]:
     best = results[0] if results else {}
     if best.get("cost") == "estimated":
         mesh = best["mesh"]
-        results[0] = {**plan(_trial(c, mesh, best["micro_batch_size"]), topology,
-                             reuses[mesh["data"], mesh["tensor"]]),
+        results[0] = {**plan(_trial(c, mesh, best["micro_batch_size"], best["savers"]),
+                             topology, reuses[mesh["data"], mesh["tensor"]]),
+                      "savers": best["savers"],
                       "estimated_step_roofline_s": best["step_roofline_s"]}
     return results
+
+
+def _search_point(trial: ml_collections.ConfigDict, topology: str, reuse: dict, scale,
+                  chip: Chip, devices: list[jax.Device], savers: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """One (mesh, micro-batch, memory savers) of a search: its plan, or why it does not fit
+    (the resident state alone, without compiling; or the compiler's out of memory)."""
+    failed = {"mesh": dict(trial.mesh), "micro_batch_size": trial.algo.micro_batch_size,
+              "fits": False, "step_roofline_s": math.inf, "savers": savers}
+    try:
+        resident = resident_bytes(trial, devices)
+        if resident > chip.hbm_bytes:
+            return {**failed, "error": f"the resident state alone needs "
+                                       f"{resident / GiB:.2f} GiB a chip"}
+        return {**plan(trial, topology, reuse, scale), "savers": savers}
+    except DoesNotFit as e:
+        return {**failed, "error": str(e)}
 
 
 SUGGESTIONS = ("Try more fsdp (--config.mesh.fsdp), rematerialisation (--config.model.remat=True), "
@@ -647,7 +686,7 @@ def main(argv: list[str]) -> None:
         if flags.FLAGS.search:
             results = search(c, flags.FLAGS.topology)
             for r in results:
-                print(f"mesh {r['mesh']} micro {r['micro_batch_size']}: {_brief(r)}")
+                print(f"mesh {r['mesh']} micro {r['micro_batch_size']}{_flags(r)}: {_brief(r)}")
             best = results[0] if results and "error" not in results[0] else None
         else:
             best = results = plan(c, flags.FLAGS.topology)
@@ -661,6 +700,8 @@ def main(argv: list[str]) -> None:
     if best is None:
         sys.exit("aot: no mesh shape and micro-batch size fits (see above)")
     print(report(best))
+    if best.get("savers"):
+        print(f"to fit, the search added{_flags(best)}")
     if not best["fits"]:
         sys.exit("aot: does not fit: the largest per-chip tensors are " + "; ".join(
             best["largest_tensors"]) + ". " + SUGGESTIONS)

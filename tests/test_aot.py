@@ -254,12 +254,13 @@ def test_search_compiles_each_mesh_and_micro_batch_and_ranks_them(tmp_path):
 
 @pytest.mark.slow
 def test_search_rules_out_what_cannot_fit_before_compiling_it(tmp_path):
-    """With a chip of 1 MB, the data=4 mesh's resident state (unsharded float32 weights and
+    """With a chip of 0.9 MB, the data=4 mesh's resident state (unsharded float32 weights and
     Adam, 1.7 MB; 0.4-0.8 MB on the others) rules it out uncompiled; every other mesh stops
-    at its first micro-batch, which does not fit (the decode loop's KV cache alone is ~2 MB),
-    and the search ends with the closest one's report and the largest tensors."""
+    at its first micro-batch, which does not fit even with both memory savers (the closest,
+    fsdp=4, needs 1.00 MB as configured and 0.93 MB with them: a 1 MB chip fits it), and the
+    search ends with the closest one's report and the largest tensors."""
     small = ("import dataclasses\naot.CHIPS['v4'] = dataclasses.replace(aot.CHIPS['v4'], "
-             "hbm_bytes=1_000_000)")
+             "hbm_bytes=900_000)")
     out = run_aot(tmp_path, *SEARCH, prelude=small, topology="v4-8")
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1].startswith(
@@ -268,8 +269,35 @@ def test_search_rules_out_what_cannot_fit_before_compiling_it(tmp_path):
     assert not any(r["fits"] for r in results)
     assert {r["micro_batch_size"] for r in results} == {4}  # never the larger micro-batch
     pruned = [r for r in results if "resident state alone" in r.get("error", "")]
-    assert [tuple(r["mesh"].values()) for r in pruned] == [(4, 1, 1)]
-    assert out.stderr.count("compiled update") == 4
+    assert {tuple(r["mesh"].values()) for r in pruned} == {(4, 1, 1)}
+    # each mesh tried as configured, then with remat, then with remat and a bf16 first moment
+    assert [r["savers"] for r in pruned] == SAVERS
+    assert out.stderr.count("compiled update") == 4 * len(SAVERS)
+
+
+SAVERS = [{}, {"model.remat": True}, {"model.remat": True, "optim.mu_dtype": "bfloat16"}]
+ONLY_REMAT_FITS = """
+plan = aot.plan
+def remat_or_nothing(c, *args):  # a chip on which only a rematerialised update fits
+    result = plan(c, *args)
+    return {**result, "fits": result["fits"] and c.model.remat}
+aot.plan = remat_or_nothing
+"""
+
+
+@pytest.mark.slow
+def test_search_adds_a_memory_saver_only_where_the_config_does_not_fit(tmp_path):
+    """Where the config's own settings do not fit (here: made so for every plan without
+    model.remat), the search retries the mesh and micro-batch with remat and stops there
+    (no bf16 first moment); the best result names the flags it added."""
+    out = run_aot(tmp_path, *SEARCH, prelude=ONLY_REMAT_FITS, topology="v4-8")
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "plan.json").read_text())
+    assert {(r["fits"], tuple(r["savers"].items())) for r in results} == {
+        (False, ()), (True, (("model.remat", True),))}
+    fitted = [r for r in results if r["fits"]]
+    assert len(fitted) == 10 and results[:10] == fitted  # fits first, both micro-batches
+    assert "to fit, the search added --config.model.remat=True" in out.stdout
 
 
 SAME_UPDATE = """
@@ -324,3 +352,14 @@ def test_the_plan_lowers_the_update_step_the_trainer_runs(tmp_path, smollm2_dir)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["same"] and result["lines"] > 100 and result["donated"], result
+
+
+def test_the_search_tries_only_the_savers_the_config_lacks():
+    code = ("import json\nimport alphaalign_jax.aot as aot\n"
+            "from alphaalign_jax.config import base_config\n"
+            "c = base_config('grpo')\nfirst = aot._savers(c)\nc.model.remat = True\n"
+            "second = aot._savers(c)\nc.optim.mu_dtype = 'bfloat16'\n"
+            "print(json.dumps([first, second, aot._savers(c)]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout) == [SAVERS, [{}, {"optim.mu_dtype": "bfloat16"}], [{}]]
