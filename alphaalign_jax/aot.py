@@ -585,10 +585,11 @@ def search(c: ml_collections.ConfigDict, topology: str) -> list[dict[str, Any]]:
     alone exceeds a chip, and per mesh the micro-batches above the first that does not fit
     (memory grows with the rows). A mesh and micro-batch that does not fit with the config's
     own settings is tried again with :data:`MEMORY_SAVERS` added one at a time (each result's
-    ``savers``). The sampler's and reward model's programs are compiled once a mesh. With
-    scanned layers, the first plan that fits is probed for its cost and the others' costs are
-    estimated from its ratios (:func:`plan`'s ``cost_scale``); the fastest is then planned
-    again with its own probes (``estimated_step_roofline_s`` keeps what the estimate said)."""
+    ``savers``); the mesh's larger micro-batches start from the savers the last one needed.
+    The sampler's and reward model's programs are compiled once a mesh. With scanned layers,
+    the first plan that fits is probed for its cost and the others' costs are estimated from
+    its ratios (:func:`plan`'s ``cost_scale``); the fastest is then planned again with its
+    own probes (``estimated_step_roofline_s`` keeps what the estimate said)."""
     chip, devices = tpu_devices(topology)
     n, group = len(devices), c.rollout.num_samples
     rows = c.train.prompts_per_step * group
@@ -597,12 +598,13 @@ def search(c: ml_collections.ConfigDict, topology: str) -> list[dict[str, Any]]:
               for tensor in (1, 2, 4, 8) if n % tensor == 0 and policy.num_kv_heads % tensor == 0
               for data in (1, 2, 4, 8) if (n // tensor) % data == 0]
     micros = [m for m in range(group, rows + 1, group) if rows % m == 0]
-    results, reuses, scale = [], {}, None
+    results, reuses, scale, tries = [], {}, None, _savers(c)
     bar = tqdm(total=len(meshes) * len(micros), desc="search: mesh x micro-batch",
                unit="plan", file=sys.stderr)
     for mesh in meshes:
         data = mesh["data"]
         reuse = reuses.setdefault((data, mesh["tensor"]), {})
+        needed = 0  # the savers the last micro-batch needed: a larger one needs them too
         for i, micro in enumerate(micros):
             bar.update(1)
             problem = next(config_lib.problems(_trial(c, mesh, micro, {}), num_devices=n), None)
@@ -611,7 +613,7 @@ def search(c: ml_collections.ConfigDict, topology: str) -> list[dict[str, Any]]:
             if problem:
                 tqdm.write(f"skip mesh {mesh} micro {micro}: {problem}", file=sys.stderr)
                 continue
-            for savers in _savers(c):
+            for needed, savers in enumerate(tries[needed:], needed):
                 results.append(_search_point(_trial(c, mesh, micro, savers), topology, reuse,
                                              scale, chip, devices, savers))
                 if scale is None and results[-1].get("cost") == "probed":

@@ -289,7 +289,8 @@ aot.plan = remat_or_nothing
 def test_search_adds_a_memory_saver_only_where_the_config_does_not_fit(tmp_path):
     """Where the config's own settings do not fit (here: made so for every plan without
     model.remat), the search retries the mesh and micro-batch with remat and stops there
-    (no bf16 first moment); the best result names the flags it added."""
+    (no bf16 first moment), and tries the mesh's larger micro-batch with remat at once; the
+    best result names the flags it added."""
     out = run_aot(tmp_path, *SEARCH, prelude=ONLY_REMAT_FITS, topology="v4-8")
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "plan.json").read_text())
@@ -297,6 +298,7 @@ def test_search_adds_a_memory_saver_only_where_the_config_does_not_fit(tmp_path)
         (False, ()), (True, (("model.remat", True),))}
     fitted = [r for r in results if r["fits"]]
     assert len(fitted) == 10 and results[:10] == fitted  # fits first, both micro-batches
+    assert len(results) == 15  # without remat only each mesh's first micro-batch
     assert "to fit, the search added --config.model.remat=True" in out.stdout
 
 
